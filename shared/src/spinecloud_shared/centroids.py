@@ -1,0 +1,107 @@
+"""Vertebra centroids: computed from label maps, and VerSe ``_ctd.json`` files.
+
+A centroid here is the centre of mass of a class's voxels in RAS millimetres. VerSe centroid
+files store voxel coordinates of the image, with the axes reoriented to the codes given in
+their first entry (``{"direction": ["P", "I", "R"]}``, nibabel axis codes); they are converted
+to and from world coordinates against the grid they belong to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import nibabel.orientations as nio
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from spinecloud_shared import labels
+from spinecloud_shared.errors import InvalidInputError
+from spinecloud_shared.volume import Volume
+
+Centroids = dict[int, npt.NDArray[np.float64]]
+
+
+def centroids_from_labels(label_map: Volume) -> Centroids:
+    """Centre of mass (RAS mm) of every canonical class present in a label map."""
+    arr = labels.check_canonical(label_map.array)
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    if not present:
+        return {}
+    centres = ndimage.center_of_mass(np.ones(arr.shape, dtype=np.uint8), arr, present)
+    ijk = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    world = label_map.world_coordinates(ijk)
+    return {label: world[n] for n, label in enumerate(present)}
+
+
+def _grid_transform(grid: Volume, direction: str) -> npt.NDArray[np.float64]:
+    """Orientation transform from the grid's own axes to ``direction``'s axes."""
+    start = nio.io_orientation(grid.affine_ras)
+    end = nio.axcodes2ornt(tuple(direction.upper()))
+    return np.asarray(nio.ornt_transform(start, end), dtype=np.float64)
+
+
+def _to_direction(ijk: npt.NDArray[np.float64], grid: Volume, direction: str) -> npt.NDArray[np.float64]:
+    transform = _grid_transform(grid, direction)
+    out = np.empty(3)
+    for axis, (new_axis, flip) in enumerate(transform):
+        value = ijk[axis]
+        out[int(new_axis)] = grid.shape[axis] - 1 - value if flip < 0 else value
+    return out
+
+
+def _from_direction(xyz: npt.NDArray[np.float64], grid: Volume, direction: str) -> npt.NDArray[np.float64]:
+    transform = _grid_transform(grid, direction)
+    ijk = np.empty(3)
+    for axis, (new_axis, flip) in enumerate(transform):
+        value = xyz[int(new_axis)]
+        ijk[axis] = grid.shape[axis] - 1 - value if flip < 0 else value
+    return ijk
+
+
+def write_ctd_json(
+    centroids: Mapping[int, npt.ArrayLike],
+    grid: Volume,
+    path: str | Path,
+    *,
+    direction: str | None = None,
+) -> Path:
+    """Write centroids (label -> RAS mm) as a VerSe ``_ctd.json`` for the image on ``grid``.
+
+    ``direction`` defaults to the grid's own axis codes, so X, Y, Z are its voxel indices.
+    """
+    direction = (direction or grid.orientation).upper()
+    inverse = np.linalg.inv(grid.affine_ras)
+    entries: list[dict[str, object]] = [{"direction": list(direction)}]
+    for label in sorted(centroids, key=lambda i: labels.by_id(i).order):
+        world = np.asarray(centroids[label], dtype=np.float64)
+        ijk = inverse[:3, :3] @ world + inverse[:3, 3]
+        x, y, z = _to_direction(ijk, grid, direction)
+        entries.append({"label": int(label), "X": round(float(x), 4), "Y": round(float(y), 4),
+                        "Z": round(float(z), 4)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries, indent=1))
+    return path
+
+
+def read_ctd_json(path: str | Path, grid: Volume) -> Centroids:
+    """Read a VerSe ``_ctd.json`` as label -> RAS mm, given the grid of its image."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+        head, *points = entries
+        direction = "".join(head["direction"])
+        result: Centroids = {}
+        for entry in points:
+            label = int(entry["label"])
+            labels.by_id(label)
+            xyz = np.array([entry["X"], entry["Y"], entry["Z"]], dtype=np.float64)
+            ijk = _from_direction(xyz, grid, direction)
+            result[label] = grid.world_coordinates(ijk)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{path}: not a valid VerSe centroid file ({exc}).",
+                                path=str(path)) from exc
+    return result
