@@ -18,7 +18,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from spinecloud_shared import labels
-from spinecloud_shared.errors import InvalidInputError
+from spinecloud_shared.errors import InvalidInputError, LabelError
 from spinecloud_shared.volume import Volume
 
 Centroids = dict[int, npt.NDArray[np.float64]]
@@ -83,7 +83,8 @@ def write_ctd_json(
                         "Z": round(float(z), 4)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=1))
+    # One entry a line, as the VerSe files are laid out.
+    path.write_text("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
     return path
 
 
@@ -101,7 +102,7 @@ def read_ctd_json(path: str | Path, grid: Volume) -> Centroids:
             xyz = np.array([entry["X"], entry["Y"], entry["Z"]], dtype=np.float64)
             ijk = _from_direction(xyz, grid, direction)
             result[label] = grid.world_coordinates(ijk)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, LabelError) as exc:
         raise InvalidInputError(f"{path}: not a valid VerSe centroid file ({exc}).",
                                 path=str(path)) from exc
     return result

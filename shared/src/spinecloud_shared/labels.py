@@ -67,9 +67,9 @@ _ORDERED: list[tuple[int, str, Region]] = (
 
 # Hue bands per region so neighbouring levels differ and regions are told apart at a glance.
 _HUE_BANDS: dict[Region, tuple[float, float]] = {
-    Region.CERVICAL: (0.95, 1.25),
-    Region.THORACIC: (0.28, 0.62),
-    Region.LUMBAR: (0.62, 0.85),
+    Region.CERVICAL: (0.90, 1.15),
+    Region.THORACIC: (0.25, 0.55),
+    Region.LUMBAR: (0.63, 0.88),
     Region.SACRUM: (0.12, 0.12),
 }
 
