@@ -34,3 +34,6 @@ def totalseg_example(shared_data: Path) -> Path:
     path = shared_data / "totalsegmentator-example"
     assert path.is_dir(), f"{path} is missing from the shared data folder"
     return path
+
+
+pytest_plugins = ["tests.fixtures.services"]

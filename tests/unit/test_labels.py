@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,15 @@ def test_standard_classes_are_c1_to_l5_and_sacrum() -> None:
 
 
 def test_snomed_codes_follow_the_design_card() -> None:
-    expected = {"C1": "14806007", "C7": "87391001", "T1": "64864005", "T12": "23215003",
-                "L1": "66794005", "L5": "49668003", "sacrum": "54735007"}
+    expected = {
+        "C1": "14806007",
+        "C7": "87391001",
+        "T1": "64864005",
+        "T12": "23215003",
+        "L1": "66794005",
+        "L5": "49668003",
+        "sacrum": "54735007",
+    }
     for name, code in expected.items():
         assert labels.by_name(name).snomed_code == code
     assert labels.by_name("L6").snomed_code == labels.GENERIC_VERTEBRA_CODE[0]
@@ -44,7 +52,7 @@ def test_regions_and_order() -> None:
 
 def test_colours_are_distinct_between_neighbours() -> None:
     ordered = labels.VERTEBRAE
-    for upper, lower in zip(ordered, ordered[1:], strict=False):
+    for upper, lower in itertools.pairwise(ordered):
         distance = np.abs(np.subtract(upper.color_rgb, lower.color_rgb)).sum()
         assert distance > 30, (upper.name, lower.name)
 
@@ -52,11 +60,20 @@ def test_colours_are_distinct_between_neighbours() -> None:
 @pytest.mark.parametrize(
     ("scheme", "source_id", "name"),
     [
-        ("totalseg_v2", 50, "C1"), ("totalseg_v2", 44, "C7"), ("totalseg_v2", 43, "T1"),
-        ("totalseg_v2", 32, "T12"), ("totalseg_v2", 31, "L1"), ("totalseg_v2", 27, "L5"),
-        ("totalseg_v2", 25, "sacrum"), ("totalseg_v2", 26, "sacrum"),
-        ("totalseg_v1", 41, "C1"), ("totalseg_v1", 35, "C7"), ("totalseg_v1", 34, "T1"),
-        ("totalseg_v1", 23, "T12"), ("totalseg_v1", 22, "L1"), ("totalseg_v1", 18, "L5"),
+        ("totalseg_v2", 50, "C1"),
+        ("totalseg_v2", 44, "C7"),
+        ("totalseg_v2", 43, "T1"),
+        ("totalseg_v2", 32, "T12"),
+        ("totalseg_v2", 31, "L1"),
+        ("totalseg_v2", 27, "L5"),
+        ("totalseg_v2", 25, "sacrum"),
+        ("totalseg_v2", 26, "sacrum"),
+        ("totalseg_v1", 41, "C1"),
+        ("totalseg_v1", 35, "C7"),
+        ("totalseg_v1", 34, "T1"),
+        ("totalseg_v1", 23, "T12"),
+        ("totalseg_v1", 22, "L1"),
+        ("totalseg_v1", 18, "L5"),
         ("totalseg_v1", 92, "sacrum"),
     ],
 )
@@ -67,8 +84,9 @@ def test_known_ids_map_onto_canonical(scheme: str, source_id: int, name: str) ->
 
 def test_non_spine_ids_are_dropped() -> None:
     liver_v2, aorta_v2, big = 5, 52, 200
-    converted = labels.convert(np.array([liver_v2, aorta_v2, big, 30]).reshape(1, 1, 4),
-                               "totalseg_v2")
+    converted = labels.convert(
+        np.array([liver_v2, aorta_v2, big, 30]).reshape(1, 1, 4), "totalseg_v2"
+    )
     assert converted.ravel().tolist() == [0, 0, 0, labels.by_name("L2").id]
 
 

@@ -19,8 +19,9 @@ from spinecloud_shared.volume import Volume
 ORIENTATIONS = ["RAS", "LPS", "PIR", "LAS", "ASL"]
 
 
-def _volume(codes: str = "RAS", spacing: tuple[float, float, float] = (0.8, 1.1, 2.5),
-            seed: int = 0) -> Volume:
+def _volume(
+    codes: str = "RAS", spacing: tuple[float, float, float] = (0.8, 1.1, 2.5), seed: int = 0
+) -> Volume:
     rng = np.random.default_rng(seed)
     array = rng.integers(-1024, 2000, size=(9, 11, 7)).astype(np.int16)
     affine = np.diag([*spacing, 1.0])
@@ -54,11 +55,13 @@ def test_reorientation_keeps_every_voxel_in_place(codes: str) -> None:
 def test_lps_ras_conversion_is_an_involution() -> None:
     points = np.array([[1.0, -2.0, 3.0], [0.0, 5.5, -7.0]])
     np.testing.assert_array_equal(geometry.lps_to_ras_points(points)[0], [-1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(geometry.ras_to_lps_points(geometry.lps_to_ras_points(points)),
-                                  points)
+    np.testing.assert_array_equal(
+        geometry.ras_to_lps_points(geometry.lps_to_ras_points(points)), points
+    )
     affine = _volume("PIR").affine_ras
-    np.testing.assert_array_equal(geometry.ras_to_lps_affine(geometry.lps_to_ras_affine(affine)),
-                                  affine)
+    np.testing.assert_array_equal(
+        geometry.ras_to_lps_affine(geometry.lps_to_ras_affine(affine)), affine
+    )
 
 
 def test_bad_nifti_files_are_named_in_the_error(tmp_path: Path) -> None:
@@ -101,8 +104,9 @@ def test_volume_refuses_bad_geometry() -> None:
 def test_resampling_onto_own_grid_is_identity(codes: str) -> None:
     volume = _volume(codes)
     for method in ("nearest", "linear", "bspline"):
-        np.testing.assert_array_equal(resample_like(volume, volume, interpolation=method).array,
-                                      volume.array)
+        np.testing.assert_array_equal(
+            resample_like(volume, volume, interpolation=method).array, volume.array
+        )
 
 
 def test_nearest_resampling_of_labels_lands_on_the_same_world_positions() -> None:
@@ -157,8 +161,7 @@ def test_ctd_json_coordinates_are_voxels_in_the_declared_direction(tmp_path: Pat
     labels = np.zeros((10, 10, 10), dtype=np.uint8)
     labels[2, 3, 4] = 20
     grid = Volume(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
-    path = write_ctd_json(centroids_from_labels(grid), grid, tmp_path / "c.json",
-                          direction="LPS")
+    path = write_ctd_json(centroids_from_labels(grid), grid, tmp_path / "c.json", direction="LPS")
     text = path.read_text()
     head, entry = json.loads(text)
     assert head == {"direction": ["L", "P", "S"]}

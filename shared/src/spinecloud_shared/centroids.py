@@ -43,7 +43,9 @@ def _grid_transform(grid: Volume, direction: str) -> npt.NDArray[np.float64]:
     return np.asarray(nio.ornt_transform(start, end), dtype=np.float64)
 
 
-def _to_direction(ijk: npt.NDArray[np.float64], grid: Volume, direction: str) -> npt.NDArray[np.float64]:
+def _to_direction(
+    ijk: npt.NDArray[np.float64], grid: Volume, direction: str
+) -> npt.NDArray[np.float64]:
     transform = _grid_transform(grid, direction)
     out = np.empty(3)
     for axis, (new_axis, flip) in enumerate(transform):
@@ -52,7 +54,9 @@ def _to_direction(ijk: npt.NDArray[np.float64], grid: Volume, direction: str) ->
     return out
 
 
-def _from_direction(xyz: npt.NDArray[np.float64], grid: Volume, direction: str) -> npt.NDArray[np.float64]:
+def _from_direction(
+    xyz: npt.NDArray[np.float64], grid: Volume, direction: str
+) -> npt.NDArray[np.float64]:
     transform = _grid_transform(grid, direction)
     ijk = np.empty(3)
     for axis, (new_axis, flip) in enumerate(transform):
@@ -79,8 +83,14 @@ def write_ctd_json(
         world = np.asarray(centroids[label], dtype=np.float64)
         ijk = inverse[:3, :3] @ world + inverse[:3, 3]
         x, y, z = _to_direction(ijk, grid, direction)
-        entries.append({"label": int(label), "X": round(float(x), 4), "Y": round(float(y), 4),
-                        "Z": round(float(z), 4)})
+        entries.append(
+            {
+                "label": int(label),
+                "X": round(float(x), 4),
+                "Y": round(float(y), 4),
+                "Z": round(float(z), 4),
+            }
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One entry a line, as the VerSe files are laid out.
@@ -103,6 +113,7 @@ def read_ctd_json(path: str | Path, grid: Volume) -> Centroids:
             ijk = _from_direction(xyz, grid, direction)
             result[label] = grid.world_coordinates(ijk)
     except (OSError, ValueError, KeyError, TypeError, LabelError) as exc:
-        raise InvalidInputError(f"{path}: not a valid VerSe centroid file ({exc}).",
-                                path=str(path)) from exc
+        raise InvalidInputError(
+            f"{path}: not a valid VerSe centroid file ({exc}).", path=str(path)
+        ) from exc
     return result

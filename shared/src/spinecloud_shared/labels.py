@@ -112,7 +112,7 @@ _BY_ID: dict[int, Vertebra] = {v.id: v for v in VERTEBRAE}
 _BY_NAME: dict[str, Vertebra] = {v.name.lower(): v for v in VERTEBRAE}
 
 #: The 25 classes a SpineCloud model predicts: C1-L5 and the sacrum (VerSe ids 1-24 and 26).
-STANDARD_IDS: tuple[int, ...] = tuple(range(1, 25)) + (26,)
+STANDARD_IDS: tuple[int, ...] = (*tuple(range(1, 25)), 26)
 #: Every id the canonical scheme knows (standard and transitional).
 ALL_IDS: tuple[int, ...] = tuple(sorted(_BY_ID))
 MAX_ID = max(ALL_IDS)
@@ -123,7 +123,9 @@ def by_id(label_id: int) -> Vertebra:
     try:
         return _BY_ID[int(label_id)]
     except KeyError:
-        raise LabelError(f"Unknown canonical vertebra label id {label_id}.", label=label_id) from None
+        raise LabelError(
+            f"Unknown canonical vertebra label id {label_id}.", label=label_id
+        ) from None
 
 
 def by_name(name: str) -> Vertebra:
@@ -230,8 +232,9 @@ def check_canonical(label_map: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]
     present = np.unique(arr)
     unknown = [int(v) for v in present if v != 0 and v not in _BY_ID]
     if unknown:
-        raise LabelError(f"Label map contains ids that are not canonical vertebrae: {unknown}.",
-                         unknown=unknown)
+        raise LabelError(
+            f"Label map contains ids that are not canonical vertebrae: {unknown}.", unknown=unknown
+        )
     return arr.astype(np.uint8)
 
 

@@ -26,7 +26,9 @@ def read_nifti(path: str | Path, *, allow_empty: bool = True) -> Volume:
     except FileNotFoundError:
         raise NiftiInputError(f"{path}: no such file.", path=str(path)) from None
     except Exception as exc:  # nibabel raises many unrelated types for damaged files
-        raise NiftiInputError(f"{path}: not a readable NIfTI file ({exc}).", path=str(path)) from exc
+        raise NiftiInputError(
+            f"{path}: not a readable NIfTI file ({exc}).", path=str(path)
+        ) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -36,15 +38,16 @@ def read_nifti(path: str | Path, *, allow_empty: bool = True) -> Volume:
     if not allow_empty and not np.any(data):
         raise NiftiInputError(f"{path}: every voxel is zero.", path=str(path))
     try:
-        return Volume(np.ascontiguousarray(data), np.asarray(image.affine, dtype=np.float64),
-                      {"source": str(path)})
+        return Volume(
+            np.ascontiguousarray(data),
+            np.asarray(image.affine, dtype=np.float64),
+            {"source": str(path)},
+        )
     except GeometryMismatchError as exc:
         raise NiftiInputError(f"{path}: {exc.message}", path=str(path)) from exc
 
 
-def write_nifti(
-    volume: Volume, path: str | Path, *, dtype: npt.DTypeLike | None = None
-) -> Path:
+def write_nifti(volume: Volume, path: str | Path, *, dtype: npt.DTypeLike | None = None) -> Path:
     """Write a Volume as NIfTI-1 with sform and qform both set to its affine (scanner space)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

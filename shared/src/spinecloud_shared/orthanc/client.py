@@ -16,6 +16,7 @@ import pyorthanc
 from spinecloud_shared.errors import InvalidInputError, NotFoundError, UpstreamError
 from spinecloud_shared.settings import Settings, get_settings
 
+
 def _check(response: httpx.Response, what: str) -> httpx.Response:
     status = response.status_code
     if status < 400:
@@ -32,17 +33,26 @@ def _check(response: httpx.Response, what: str) -> httpx.Response:
 class OrthancClient:
     """A connection to one Orthanc server."""
 
-    def __init__(self, url: str, username: str | None = None, password: str | None = None,
-                 *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+    ) -> None:
         # Raw responses: pyorthanc's own errors drop the status code's meaning.
-        self.api = pyorthanc.Orthanc(url, username=username, password=password,
-                                     return_raw_response=True, timeout=timeout_s)
+        self.api = pyorthanc.Orthanc(
+            url, username=username, password=password, return_raw_response=True, timeout=timeout_s
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> OrthancClient:
         """A client for the Orthanc named in the settings."""
         settings = settings or get_settings()
-        password = settings.orthanc_password.get_secret_value() if settings.orthanc_password else None
+        password = (
+            settings.orthanc_password.get_secret_value() if settings.orthanc_password else None
+        )
         return cls(settings.orthanc_url, settings.orthanc_username, password)
 
     def _response(self, what: str, func: Callable[..., Any], *args: Any) -> httpx.Response:
@@ -59,7 +69,9 @@ class OrthancClient:
 
     def store(self, dicom_bytes: bytes) -> dict[str, Any]:
         """Store one DICOM instance; returns Orthanc's answer (ID, ParentSeries, Status)."""
-        return cast(dict[str, Any], self._call("the instance", self.api.post_instances, dicom_bytes))
+        return cast(
+            dict[str, Any], self._call("the instance", self.api.post_instances, dicom_bytes)
+        )
 
     def store_many(self, files: Iterable[bytes]) -> list[dict[str, Any]]:
         """Store several instances one by one."""

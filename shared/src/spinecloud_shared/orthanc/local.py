@@ -105,7 +105,9 @@ class LocalOrthanc:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise UpstreamError(f"Orthanc exited at start-up; see {self.workdir / 'orthanc.log'}")
+                raise UpstreamError(
+                    f"Orthanc exited at start-up; see {self.workdir / 'orthanc.log'}"
+                )
             try:
                 response = httpx.get(f"{self.url}/system", auth=(self.username, self.password))
                 if response.status_code == 200:

@@ -1,0 +1,1 @@
+"""The ``spinecloud`` command line: shared commands plus each installed service's sub-app."""
