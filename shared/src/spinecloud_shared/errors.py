@@ -114,6 +114,12 @@ class LabelError(InvalidInputError):
     code = "invalid_labels"
 
 
+class ModelArtifactError(InvalidInputError):
+    """A model artefact that is missing, incomplete, corrupt or inconsistent."""
+
+    code = "invalid_model"
+
+
 class NotFoundError(SpineCloudError):
     """A requested object (study, series, model, job...) does not exist."""
 

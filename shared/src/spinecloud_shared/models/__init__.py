@@ -1,0 +1,1 @@
+"""Model artefacts: the manifest every SpineCloud model carries, whatever its backend."""
