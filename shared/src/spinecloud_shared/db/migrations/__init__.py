@@ -1,0 +1,1 @@
+"""SpineCloud's Alembic environment, packaged so that images can migrate without alembic.ini."""

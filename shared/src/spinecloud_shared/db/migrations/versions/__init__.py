@@ -1,0 +1,1 @@
+"""Alembic revisions (file names start with a letter so that they stay importable modules)."""
