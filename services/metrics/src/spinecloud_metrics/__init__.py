@@ -1,0 +1,1 @@
+"""SpineCloud metrics: the benchmark panel, VerSe labelling metrics, statistics and reports."""
