@@ -120,6 +120,36 @@ class ModelArtifactError(InvalidInputError):
     code = "invalid_model"
 
 
+class ModelNotFoundError(ModelArtifactError):
+    """No model artefact answers a model reference (name, name@version or folder)."""
+
+    code = "model_not_found"
+
+
+class UnsuitableImageError(InvalidInputError):
+    """A readable image whose content a segmentation model cannot be run on."""
+
+    code = "unsuitable_image"
+
+
+class ImageTooSmallError(UnsuitableImageError):
+    """The field of view is too small along some axis to hold a vertebra."""
+
+    code = "image_too_small"
+
+
+class NoBodyInImageError(UnsuitableImageError):
+    """Almost nothing in the image is denser than air: no patient in the field of view."""
+
+    code = "image_all_air"
+
+
+class MetalImageError(UnsuitableImageError):
+    """Most of the body is at metal or saturated densities: not a diagnostic CT."""
+
+    code = "image_all_metal"
+
+
 class NotFoundError(SpineCloudError):
     """A requested object (study, series, model, job...) does not exist."""
 

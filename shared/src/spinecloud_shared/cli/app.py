@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from spinecloud_shared.errors import SpineCloudError
 
@@ -58,5 +59,5 @@ def main() -> None:
     try:
         app()
     except SpineCloudError as exc:
-        err_console.print(f"[red]error[/] [{exc.code}]: {exc.message}")
+        err_console.print(f"[red]error[/] {escape(f'[{exc.code}]')}: {escape(exc.message)}")
         sys.exit(2)
