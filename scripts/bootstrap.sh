@@ -26,14 +26,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# Some machines' pip configuration names local package folders that may not exist; pip warns
+# about each one on every install. Those lines say nothing about SpineCloud: drop them.
+quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # torch first and pinned: this version is the CPU build on the project's machines; an
 # unpinned torch would pull a multi-gigabyte CUDA build.
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "==> installing torch 2.13.0"
-  "${pip[@]}" "torch==2.13.0"
+  quiet_pip "torch==2.13.0"
 fi
 echo "==> installing SpineCloud packages (editable) and developer tools"
-"${pip[@]}" -e shared \
+quiet_pip -e shared \
   -e "services/metrics[test]" \
   -e services/inference \
   -e services/training \

@@ -53,7 +53,7 @@ def test_corrupt_or_missing_weights_are_refused(tmp_path: Path) -> None:
     weights.unlink()
     with pytest.raises(ModelArtifactError, match="missing"):
         read_manifest(tmp_path)
-    with pytest.raises(ModelArtifactError, match="no spinecloud.json"):
+    with pytest.raises(ModelArtifactError, match=r"no spinecloud\.json"):
         read_manifest(tmp_path / "models")
     (tmp_path / "spinecloud.json").write_text("{not json")
     with pytest.raises(ModelArtifactError, match="invalid manifest"):
