@@ -40,5 +40,5 @@ quiet_pip -e shared \
   -e "services/metrics[test]" \
   -e services/inference \
   -e services/training \
-  -e services/gateway \
+  -e "services/gateway[test]" \
   -r requirements-dev.txt

@@ -1,7 +1,6 @@
 """SpineCloud gateway: the only entry point for people and programs.
 
-Planned here (the gateway issue): REST API for jobs, studies, models, datasets, trainings and
-reports; the authenticated DICOMweb proxy in front of Orthanc; study arrival from Orthanc.
-Nothing is implemented yet; the package exists so the layout, packaging and dependency
-direction (no torch in this image) are fixed from the start.
+REST API for inference jobs and the audit log, an authenticated, project-scoped DICOMweb
+proxy in front of Orthanc, and study arrival from Orthanc (Lua ``OnStableStudy`` call and a
+``/changes`` poller). Build the application with :func:`spinecloud_gateway.app.create_app`.
 """

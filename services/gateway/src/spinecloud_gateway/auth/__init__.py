@@ -1,0 +1,1 @@
+"""Authentication and authorisation: OIDC JWTs for people, hashed API tokens for machines."""

@@ -1,0 +1,1 @@
+"""Infrastructure the domains share: errors, logging, middleware, metrics. Imports no domain."""

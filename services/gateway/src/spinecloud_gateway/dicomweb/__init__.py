@@ -1,0 +1,1 @@
+"""The authenticated, project-scoped DICOMweb proxy in front of Orthanc."""

@@ -1,0 +1,1 @@
+"""Inference jobs: creation (idempotent), listing, cancel and retry."""

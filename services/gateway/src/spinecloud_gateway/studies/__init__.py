@@ -1,0 +1,1 @@
+"""Studies arriving from Orthanc: recording, routing to models, the /changes poller."""
