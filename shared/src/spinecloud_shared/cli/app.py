@@ -29,9 +29,10 @@ err_console = Console(stderr=True)
 
 
 def _register_shared_commands() -> None:
-    from spinecloud_shared.cli import demo, phantom
+    from spinecloud_shared.cli import demo, phantom, worker
 
     app.command("demo")(demo.demo)
+    app.command("worker")(worker.worker)
     app.add_typer(phantom.app, name="phantom")
 
 
