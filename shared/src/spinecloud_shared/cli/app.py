@@ -29,9 +29,8 @@ err_console = Console(stderr=True)
 
 
 def _register_shared_commands() -> None:
-    from spinecloud_shared.cli import demo, phantom, worker
+    from spinecloud_shared.cli import phantom, worker
 
-    app.command("demo")(demo.demo)
     app.command("worker")(worker.worker)
     app.add_typer(phantom.app, name="phantom")
 

@@ -32,16 +32,20 @@ class OutputFormat(StrEnum):
 
 def _write_plain(phantoms: list[Phantom], out: Path, output_format: OutputFormat) -> None:
     from spinecloud_shared.centroids import write_ctd_json
+    from spinecloud_shared.dicom_series import to_dicom_grid
     from spinecloud_shared.dicom_write import write_ct_series
 
     for index, phantom in enumerate(phantoms):
         case = out / f"phantom{index:03d}"
+        truth = phantom.labels
         if output_format is OutputFormat.DICOM:
             write_ct_series(phantom.ct, case / "dicom", key=f"phantom-{case.name}")
+            # The labels on the grid the series reads back to, so they pair with its results.
+            truth = to_dicom_grid(truth)
         else:
             write_nifti(phantom.ct, case / "ct.nii.gz")
-        write_nifti(phantom.labels, case / "labels.nii.gz")
-        write_ctd_json(phantom.centroids, phantom.labels, case / "ctd.json")
+        write_nifti(truth, case / "labels.nii.gz")
+        write_ctd_json(phantom.centroids, truth, case / "ctd.json")
 
 
 @app.command("generate")
