@@ -148,12 +148,13 @@ def read_totalsegmentator(root: str | Path, *, split: str | None = None) -> Iter
     grid), LabelError (a mask that is not binary, or no spine structure at all).
     """
     root = Path(root)
-    for case_id, case_split in _case_list(root, split):
+    for case_id, case_split in case_list(root, split):
         if split is None or case_split == split:
-            yield _read_case(root / case_id, case_id, case_split)
+            yield read_case(root / case_id, case_id, case_split)
 
 
-def _case_list(root: Path, split: str | None) -> list[tuple[str, str | None]]:
+def case_list(root: Path, split: str | None = None) -> list[tuple[str, str | None]]:
+    """(case id, split) of every case, from ``meta.csv`` or, without it, the ``s*`` folders."""
     if (root / META_FILE).is_file():
         rows = read_meta(root)
         return [(i, (rows[i].get("split") or "").strip() or None) for i in sorted(rows)]
@@ -165,7 +166,8 @@ def _case_list(root: Path, split: str | None) -> list[tuple[str, str | None]]:
     return [(p.name, None) for p in sorted(root.glob("s*")) if (p / CT_FILE).exists()]
 
 
-def _read_case(folder: Path, case_id: str, split: str | None) -> TotalSegCase:
+def read_case(folder: Path, case_id: str, split: str | None) -> TotalSegCase:
+    """One case folder, its spine masks merged into canonical ids (errors as the reader's)."""
     ct_path = folder / CT_FILE
     grid = header_grid(ct_path, case_id)
     seg_dir = folder / SEGMENTATIONS_DIR

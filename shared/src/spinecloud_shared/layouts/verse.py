@@ -97,7 +97,7 @@ def write_verse(
     root = Path(root)
     cases = list(cases)
     names = split_names(len(cases), splits)
-    membership = _read_splits(root) if (root / SPLITS_FILE).is_file() else {}
+    membership = read_splits(root) if (root / SPLITS_FILE).is_file() else {}
     written = []
     for offset, (case, split) in enumerate(zip(cases, names, strict=True)):
         subject = subject_name(first_index + offset, prefix)
@@ -130,7 +130,7 @@ def _write_splits(root: Path, membership: dict[str, str]) -> None:
     (root / SPLITS_FILE).write_text(json.dumps(by_split, indent=1))
 
 
-def _read_splits(root: Path) -> dict[str, str]:
+def read_splits(root: Path) -> dict[str, str]:
     """``splits.json`` as subject -> split; InvalidInputError when unusable."""
     path = root / SPLITS_FILE
     try:
@@ -152,7 +152,7 @@ def read_verse(root: str | Path, *, split: str | None = None) -> Iterator[VerseC
     LabelError (missing or bad centroid file).
     """
     root = Path(root)
-    membership = _read_splits(root) if (root / SPLITS_FILE).is_file() else None
+    membership = read_splits(root) if (root / SPLITS_FILE).is_file() else None
     if split is not None and membership is None:
         raise InvalidInputError(
             f"{root / SPLITS_FILE}: missing, so split {split!r} is unknown.",
@@ -162,10 +162,11 @@ def read_verse(root: str | Path, *, split: str | None = None) -> Iterator[VerseC
         subject = ct_path.parent.name
         case_split = membership.get(subject) if membership is not None else None
         if split is None or case_split == split:
-            yield _read_scan(root, ct_path, case_split)
+            yield read_scan(root, ct_path, case_split)
 
 
-def _read_scan(root: Path, ct_path: Path, split: str | None) -> VerseCase:
+def read_scan(root: Path, ct_path: Path, split: str | None) -> VerseCase:
+    """One scan given its ``rawdata`` CT path; mask and centroids checked as the reader does."""
     subject = ct_path.parent.name
     stem = ct_path.name[: -len(_CT_SUFFIX)]
     derivatives = root / "derivatives" / subject
