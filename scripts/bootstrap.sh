@@ -42,3 +42,5 @@ quiet_pip -e shared \
   -e services/training \
   -e "services/gateway[test]" \
   -r requirements-dev.txt
+# nnU-Net v2 without its declared timm/torchvision (see requirements-nnunet.txt).
+quiet_pip --no-deps -r requirements-nnunet.txt

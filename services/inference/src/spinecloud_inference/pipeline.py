@@ -176,7 +176,12 @@ def channel_table(manifest: Manifest, num_channels: int) -> npt.NDArray[np.uint8
 
 
 def normalise(array: npt.NDArray[Any], intensity: Intensity) -> npt.NDArray[np.float32]:
-    """Clip HU to the window, then scale to [0, 1] or z-score, as float32."""
+    """Clip HU to the window, then scale to [0, 1] or z-score, as float32.
+
+    ``none`` leaves HU unchanged: the backend normalises itself (nnU-Net, from its plans).
+    """
+    if intensity.normalisation == "none":
+        return array.astype(np.float32, copy=False)
     low, high = intensity.window_hu
     clipped = np.clip(array.astype(np.float32, copy=False), low, high)
     if intensity.normalisation == "clip_scale":

@@ -40,12 +40,16 @@ class ModelState(StrEnum):
 
 
 class Intensity(BaseModel):
-    """Intensity preprocessing: clip HU to a window, then scale to [0, 1] or z-score."""
+    """Intensity preprocessing: clip HU to a window, then scale to [0, 1] or z-score.
+
+    ``none``: the model normalises intensities itself (nnU-Net, from its plans); the prepared
+    image carries HU unchanged and ``window_hu`` is not applied.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window_hu: tuple[float, float] = (-1000.0, 2000.0)
-    normalisation: str = Field(default="clip_scale", pattern="^(clip_scale|zscore)$")
+    normalisation: str = Field(default="clip_scale", pattern="^(clip_scale|zscore|none)$")
     mean: float | None = None
     std: float | None = None
 

@@ -1,7 +1,8 @@
 """Backends by kind, device choice, and loaded models kept in memory between jobs.
 
-``LOADERS`` maps a manifest ``Backend`` to the function that loads it; the MONAI bundle loader
-is registered here and the nnU-Net backend registers itself with ``register_backend``.
+``LOADERS`` maps a manifest ``Backend`` to the function that loads it: the MONAI bundle and
+nnU-Net loaders are registered here (nnunetv2 itself is imported only when an nnU-Net model is
+loaded); ``register_backend`` adds or replaces one.
 ``load_model`` resolves a reference, verifies the manifest's weight digests and loads the
 backend once: later calls for the same folder, device and options return the same object
 until a file of the artefact changes (its manifest or weights modification time or size).
@@ -22,10 +23,14 @@ from spinecloud_inference.backends.base import (
 )
 from spinecloud_inference.backends.lookup import resolve_model_folder
 from spinecloud_inference.backends.monai_bundle import load_monai_bundle
+from spinecloud_inference.backends.nnunet import load_nnunet_model
 from spinecloud_shared.errors import ConfigurationError, ModelArtifactError
 from spinecloud_shared.models.manifest import MANIFEST_FILE, Backend, read_manifest
 
-LOADERS: dict[Backend, BackendLoader] = {Backend.MONAI_BUNDLE: load_monai_bundle}
+LOADERS: dict[Backend, BackendLoader] = {
+    Backend.MONAI_BUNDLE: load_monai_bundle,
+    Backend.NNUNET: load_nnunet_model,
+}
 #: Loaded models kept at once (each may hold GPU memory).
 CACHE_SIZE = 2
 
