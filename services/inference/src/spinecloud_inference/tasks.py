@@ -1,0 +1,53 @@
+"""The inference worker's Celery task: segment one series, store its DICOM-SEG.
+
+The gateway creates an ``InferenceJob`` row and enqueues ``spinecloud.inference.segment_series``
+(queue ``inference``) with ``{"job_id": ...}`` after the commit. The work itself is
+``worker_job.run_segment_job``; this module wires it to the shared job machinery
+(``spinecloud_shared.jobs``): SpineCloudError -> job failed with its code and sentence,
+transient errors (Orthanc down or 5xx) -> Celery retry with backoff, the worker lives on.
+Acks late and prefetch 1 come from the shared Celery app. The model stays loaded between
+jobs (``backends.load_model``'s cache).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spinecloud_inference.worker_job import run_segment_job
+from spinecloud_shared.db.models import InferenceJob, JobStatus
+from spinecloud_shared.db.session import session_scope
+from spinecloud_shared.errors import NotFoundError
+from spinecloud_shared.jobs import JobFailure, job_task
+from spinecloud_shared.orthanc.client import OrthancClient
+from spinecloud_shared.queue import celery_app
+from spinecloud_shared.task_names import SEGMENT_SERIES
+
+__all__ = ["record_inference", "segment_series"]
+
+#: A job in one of these states keeps it: a redelivered message does not reopen it.
+_KEPT = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
+
+
+def record_inference(job_id: str, status: JobStatus, failure: JobFailure | None) -> None:
+    """Status recorder: RUNNING counts an attempt; succeeded/cancelled jobs stay as they are."""
+    with session_scope() as session:
+        job = session.get(InferenceJob, job_id)
+        if job is None:
+            raise NotFoundError(f"Inference job {job_id} does not exist.")
+        if job.status in _KEPT:
+            return
+        if status is JobStatus.RUNNING:
+            job.attempts = (job.attempts or 0) + 1
+        job.mark(
+            status,
+            error_code=failure.code if failure else None,
+            error_message=failure.message if failure else None,
+        )
+
+
+@job_task(celery_app, SEGMENT_SERIES, record=record_inference)
+def segment_series(job_id: str) -> dict[str, Any]:
+    """Celery task ``SEGMENT_SERIES`` (queue ``inference``): see the module doc."""
+    return run_segment_job(
+        job_id, session_factory=session_scope, orthanc=OrthancClient.from_settings()
+    )
