@@ -106,6 +106,9 @@ class TrainRequest:
     resume: bool = False
     command: str | None = None
     device: str | None = None
+    #: Weights to start from (a state_dict file such as a bundle's ``models/model.pt``), for
+    #: fine-tuning; ignored when resuming, since the checkpoint holds the weights.
+    init_weights: Path | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -306,6 +309,17 @@ def load_checkpoint(path: Path, state: _State, preset: Preset, transform: Compos
     state.best_validation = saved["best_validation"]
     state.train_seconds = float(saved["train_seconds"])
     _restore_rng(saved["rng"], transform)
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
+    """Start from saved weights (fine-tuning); InvalidInputError when they do not fit."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as exc:
+        raise InvalidInputError(
+            f"Cannot start from the weights in {path}: {exc}", path=str(path)
+        ) from exc
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -552,6 +566,8 @@ def train_segresnet(
     )
     if request.resume:
         load_checkpoint(request.checkpoint_dir / CHECKPOINT_FILE, state, preset, transform)
+    elif request.init_weights is not None:
+        load_initial_weights(state.model, request.init_weights)
     loop = _Loop(request, preset, state, transform, val.cases, device, total, progress,
                  should_cancel, start_iteration=state.iteration)  # fmt: skip
     completed = loop.run(loader)
