@@ -6,6 +6,7 @@ from spinecloud_shared.db.models.common import FINISHED_STATUSES, JobMixin, JobS
 from spinecloud_shared.db.models.evaluation import Evaluation, EvaluationRow
 from spinecloud_shared.db.models.job import InferenceJob
 from spinecloud_shared.db.models.study import OrthancCursor, Series, Study
+from spinecloud_shared.db.models.training import RegisteredModel, TrainingJob
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -19,8 +20,10 @@ __all__ = [
     "Membership",
     "OrthancCursor",
     "Project",
+    "RegisteredModel",
     "Role",
     "Series",
     "Study",
+    "TrainingJob",
     "User",
 ]
