@@ -8,13 +8,26 @@ output channels. Training patches are then drawn by a ``CacheDataset`` whose cac
 the prepared arrays and the foreground/background voxel indices, and whose random part crops
 (``RandCropByPosNegLabeld``, foreground-weighted) and augments.
 
-Cases that cannot be used (missing or unreadable files, a mask on another grid, bad label ids,
-no vertebra) are excluded with their reason instead of stopping the run; ``CaseSet.excluded``
-lists them. A dataset where no case is usable raises ``InvalidInputError``.
+Cases that cannot be used are excluded with their reason (a sentence naming the case and the
+file) and error code instead of stopping the run; ``CaseSet.excluded`` and
+``DataSplit.excluded`` list them:
+
+* missing files: a case of ``meta.csv`` without its folder or CT, a VerSe CT without its mask
+  or centroids, a mask without its CT, a subject of ``splits.json`` without a scan;
+* unreadable NIfTI (damaged, not 3D, NaN) and any other error a reader raises;
+* a mask that is not on its CT's grid (``geometry_mismatch``);
+* labels outside the declared map: ids that are not canonical vertebrae, a TotalSegmentator
+  mask that is not binary, canonical ids the model has no output channel for
+  (``invalid_labels``);
+* no vertebra labelled at all.
+
+A dataset where no training case is usable raises ``InvalidInputError`` (the trainer does,
+with every exclusion in its ``details["excluded"]``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +52,12 @@ from monai.transforms import (
 )
 
 from spinecloud_shared import labels
-from spinecloud_shared.errors import GeometryMismatchError, InvalidInputError, SpineCloudError
+from spinecloud_shared.errors import (
+    GeometryMismatchError,
+    InvalidInputError,
+    LabelError,
+    SpineCloudError,
+)
 from spinecloud_shared.layouts import totalsegmentator, verse
 from spinecloud_shared.phantom import PhantomSpec, generate_phantom
 from spinecloud_shared.resample import Interpolation, resample_to_spacing
@@ -65,6 +83,8 @@ PHANTOM_ORIENTATIONS: tuple[str, ...] = ("RAS", "LPS", "LAS", "PIR", "RPI")
 VAL_SEED_OFFSET = 100_000
 
 Loader = Callable[[], tuple[Volume, Volume]]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,26 @@ def scale_window(
     return scaled.astype(np.float32)
 
 
+def check_declared(
+    case_id: str, canonical: npt.NDArray[np.uint8], lut: npt.NDArray[np.uint8]
+) -> None:
+    """LabelError when the label map holds canonical ids the model has no output channel for.
+
+    Such a vertebra (a transitional T13 or L6, or a level outside a model's declared classes)
+    would otherwise be trained as background, teaching the network to miss it.
+    """
+    present = [int(v) for v in np.unique(canonical) if v]
+    outside = [v for v in present if not lut[v]]
+    if outside:
+        names = ", ".join(labels.by_id(v).name for v in outside)
+        raise LabelError(
+            f"{case_id}: labels {names} (ids {outside}) are outside the model's declared "
+            "classes; the case is left out rather than trained as background.",
+            case_id=case_id,
+            unknown=outside,
+        )
+
+
 def prepare_case(
     case_id: str,
     ct: Volume,
@@ -149,6 +189,7 @@ def prepare_case(
             case_id=case_id,
         )
     canonical = labels.check_canonical(label_map.array)
+    check_declared(case_id, canonical, lut)
     ct_ras = ct.with_array(ct.array.astype(np.float32)).reoriented("RAS")
     labels_ras = label_map.with_array(canonical).reoriented("RAS")
     ct_model = resample_to_spacing(ct_ras, preset.spacing_mm, fill_value=preset.window_hu[0])
@@ -178,7 +219,19 @@ def load_cases(
             result.cases.append(prepare_case(source.case_id, ct, label_map, preset, lut))
         except SpineCloudError as exc:
             result.excluded.append(ExcludedCase(source.case_id, exc.message, exc.code))
+        except Exception as exc:  # a damaged file can raise anything from its reader
+            result.excluded.append(unexpected_exclusion(source.case_id, exc))
     return result
+
+
+def unexpected_exclusion(case_id: str, exc: Exception) -> ExcludedCase:
+    """An exclusion for an error no reader anticipated (logged with its traceback)."""
+    logger.warning("case %s could not be loaded", case_id, exc_info=exc)
+    return ExcludedCase(
+        case_id,
+        f"{case_id}: could not be loaded ({type(exc).__name__}); the worker log has details.",
+        "invalid_input",
+    )
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -258,11 +311,32 @@ def totalsegmentator_sources(
     return found, excluded
 
 
+def _verse_orphans(root: Path, membership: Mapping[str, str]) -> list[ExcludedCase]:
+    """Masks without their CT, and subjects of ``splits.json`` without any scan."""
+    excluded = []
+    for mask in sorted((root / "derivatives").glob("sub-*/*_seg-vert_msk.nii.gz")):
+        stem = mask.name.removesuffix("_seg-vert_msk.nii.gz")
+        ct_path = root / "rawdata" / mask.parent.name / f"{stem}_ct.nii.gz"
+        if not ct_path.is_file():
+            excluded.append(
+                ExcludedCase(stem, f"{stem}: {ct_path}: no such file (the mask has no CT).",
+                             "invalid_nifti")
+            )  # fmt: skip
+    for subject in sorted(membership):
+        if not any((root / "rawdata" / subject).glob("*_ct.nii.gz")):
+            excluded.append(
+                ExcludedCase(subject, f"{subject}: listed in splits.json but has no CT scan.",
+                             "invalid_nifti")
+            )  # fmt: skip
+    return excluded
+
+
 def verse_sources(root: Path) -> tuple[list[tuple[CaseSource, str | None]], list[ExcludedCase]]:
-    """Each readable scan of a VerSe folder with its split, and the unreadable ones."""
+    """Each readable scan of a VerSe folder with its split, and the unreadable ones (including
+    masks without a CT and subjects of ``splits.json`` without a scan)."""
     membership = verse.read_splits(root) if (root / verse.SPLITS_FILE).is_file() else {}
     found: list[tuple[CaseSource, str | None]] = []
-    excluded: list[ExcludedCase] = []
+    excluded: list[ExcludedCase] = _verse_orphans(root, membership)
     for ct_path in sorted((root / "rawdata").glob("sub-*/*_ct.nii.gz")):
         split = membership.get(ct_path.parent.name)
         try:

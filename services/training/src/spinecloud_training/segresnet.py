@@ -502,10 +502,12 @@ def _load_data(request: TrainRequest) -> tuple[CaseSet, CaseSet]:
     train = load_cases(request.data.train, request.preset, request.channels)
     val = load_cases(request.data.val, request.preset, request.channels)
     if not train.cases:
+        everything = [*request.data.excluded, *train.excluded, *val.excluded]
         reasons = "; ".join(e.reason for e in [*request.data.excluded, *train.excluded][:5])
         raise InvalidInputError(
             f"No usable training case in {request.data.description}"
             + (f" ({reasons})." if reasons else " (the training split is empty)."),
+            excluded=[vars(e) for e in everything],
         )
     for excluded in [*request.data.excluded, *train.excluded, *val.excluded]:
         logger.warning("excluded %s: %s", excluded.case_id, excluded.reason)

@@ -15,9 +15,10 @@ orientation ``RAS`` (see ``spinecloud_inference.backends.nnunet``). nnU-Net resa
 normalises by itself, so the native spacing and HU are kept.
 
 Labels: ``canonical_ids`` (head to feet; default the 25 standard classes) get the values
-1..N in that order and are named as in ``spinecloud_shared.labels`` ('L4', 'sacrum'); any
-other canonical id in a label map becomes background. A case that cannot be read, or whose
-label map is not canonical or not on the CT's grid, is excluded with its reason.
+1..N in that order and are named as in ``spinecloud_shared.labels`` ('L4', 'sacrum'). A case
+that cannot be read, whose label map is not canonical or not on the CT's grid, or that holds a
+canonical id outside ``canonical_ids`` (it would be trained as background), is excluded with
+its reason; when none is left, ``InvalidInputError`` lists them in ``details["excluded"]``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ from spinecloud_shared import labels
 from spinecloud_shared.errors import GeometryMismatchError, InvalidInputError, SpineCloudError
 from spinecloud_shared.nifti import write_nifti
 from spinecloud_shared.volume import Volume
-from spinecloud_training.data import CaseSource, ExcludedCase
+from spinecloud_training.data import (
+    CaseSource,
+    ExcludedCase,
+    check_declared,
+    unexpected_exclusion,
+)
 
 FILE_ENDING = ".nii.gz"
 CASES_FILE = "spinecloud_cases.json"
@@ -113,6 +119,7 @@ def write_case(
     folder: Path, identifier: str, ct: Volume, canonical: Volume, lookup: npt.NDArray[np.uint8]
 ) -> None:
     """Write one case's image and nnU-Net label files (CT as int16 when it is integral)."""
+    check_declared(identifier, canonical.array, lookup)
     values = lookup[canonical.array]
     if not np.any(values):
         raise InvalidInputError(f"{identifier}: no labelled class of the dataset is present.")
@@ -150,9 +157,16 @@ def write_raw_dataset(
         except SpineCloudError as exc:
             excluded.append(ExcludedCase(source.case_id, exc.message, exc.code))
             continue
+        except Exception as exc:  # a damaged file can raise anything from its reader
+            excluded.append(unexpected_exclusion(source.case_id, exc))
+            continue
         cases[identifier] = source.case_id
     if not cases:
-        raise InvalidInputError(f"{folder}: no usable case; excluded: {len(excluded)}.")
+        reasons = "; ".join(e.reason for e in excluded[:5])
+        raise InvalidInputError(
+            f"{folder}: no usable case" + (f" ({reasons})." if reasons else "."),
+            excluded=[vars(e) for e in excluded],
+        )
     _write_json(folder / "dataset.json", dataset_json(label_map, len(cases)))
     _write_json(
         folder / CASES_FILE,
