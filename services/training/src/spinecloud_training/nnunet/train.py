@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
@@ -66,6 +66,8 @@ class TrainSettings:
     num_epochs: int | None = None
     iterations_per_epoch: int | None = None
     val_iterations_per_epoch: int | None = None
+    #: Write ``checkpoint_latest.pth`` every this many epochs (nnU-Net's default: 50).
+    save_every: int | None = None
 
     def apply(self, trainer: nnUNetTrainer) -> None:
         """Set the schedule on a trainer that is not initialised yet."""
@@ -75,6 +77,8 @@ class TrainSettings:
             trainer.num_iterations_per_epoch = self.iterations_per_epoch
         if self.val_iterations_per_epoch is not None:
             trainer.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        if self.save_every is not None:
+            trainer.save_every = self.save_every
 
     def to_dict(self) -> dict[str, Any]:
         """For the manifest's lineage."""
@@ -197,6 +201,52 @@ def build_trainer(
     return trainer
 
 
+EpochHook = Callable[["nnUNetTrainer"], None]
+
+
+class TrainingStoppedError(Exception):
+    """Raised by an epoch hook to stop a run after its latest checkpoint (see ``stop_training``)."""
+
+
+def _add_epoch_hook(trainer: nnUNetTrainer, hook: EpochHook) -> None:
+    """Run ``hook(trainer)`` after the trainer's own ``on_epoch_end``."""
+    original = trainer.on_epoch_end
+
+    def on_epoch_end() -> None:
+        original()
+        hook(trainer)
+
+    trainer.on_epoch_end = on_epoch_end
+
+
+def stop_training(trainer: nnUNetTrainer) -> NoReturn:
+    """Save ``checkpoint_latest.pth``, stop the data loaders and raise ``TrainingStoppedError``.
+
+    Called from an epoch hook; ``train(continue_training=True)`` later resumes from the
+    checkpoint (the epoch counter already counts the finished epoch).
+    """
+    trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_latest.pth"))
+    for name in ("dataloader_train", "dataloader_val"):
+        loader = getattr(trainer, name, None)
+        finish = getattr(loader, "_finish", None)
+        if callable(finish):
+            finish()
+    raise TrainingStoppedError(f"stopped after epoch {trainer.current_epoch}")
+
+
+def epoch_summary(trainer: nnUNetTrainer) -> dict[str, float | int | None]:
+    """Epochs done, of how many, and the last epoch's train loss and pseudo Dice."""
+    logged: dict[str, list[Any]] = trainer.logger.my_fantastic_logging
+    losses = logged.get("train_losses") or [None]
+    dice = logged.get("mean_fg_dice") or [None]
+    return {
+        "epoch": int(trainer.current_epoch),
+        "epochs": int(trainer.num_epochs),
+        "loss": None if losses[-1] is None else float(losses[-1]),
+        "val_dice": None if dice[-1] is None else float(dice[-1]),
+    }
+
+
 def resume_checkpoint(trainer: nnUNetTrainer) -> Path | None:
     """The checkpoint a resumed training continues from (final, latest, best), if any."""
     for name in RESUME_CHECKPOINTS:
@@ -215,12 +265,15 @@ def train(
     device: torch.device | str = "cpu",
     continue_training: bool = False,
     validate: bool = True,
+    epoch_hook: EpochHook | None = None,
 ) -> Path:
     """Train one fold (``"all"``: every case, no held-out fold); returns the model folder.
 
     With ``continue_training`` the trainer restores its last checkpoint (epoch, weights,
     optimiser, logs) and trains on to ``settings.num_epochs``. ``validate`` runs nnU-Net's
     validation of the fold, which ``export_zip`` needs (``validation/summary.json``).
+    ``epoch_hook(trainer)`` runs after each epoch's own end-of-epoch work (logging,
+    checkpoints): for progress reports, and to stop the run by raising (``stop_training``).
     """
     trainer = build_trainer(
         folders,
@@ -230,6 +283,8 @@ def train(
         device=torch.device(device),
         continue_training=continue_training,
     )
+    if epoch_hook is not None:
+        _add_epoch_hook(trainer, epoch_hook)
     with nnunet_environment(folders):
         checkpoint = resume_checkpoint(trainer) if continue_training else None
         if checkpoint is not None:
