@@ -126,6 +126,17 @@ class ModelNotFoundError(ModelArtifactError):
     code = "model_not_found"
 
 
+class ModelLabelError(ModelArtifactError):
+    """A model whose output channels do not all map to canonical vertebra ids.
+
+    Raised when a model is loaded: a channel without an entry in the manifest's labels, a label
+    for a channel the network does not have, or no channel mapping to any vertebra (a published
+    model of organs, say). Serving it would give unlabelled or meaningless segments.
+    """
+
+    code = "model_labels_unmapped"
+
+
 class UnsuitableImageError(InvalidInputError):
     """A readable image whose content a segmentation model cannot be run on."""
 

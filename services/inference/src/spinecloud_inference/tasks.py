@@ -7,6 +7,11 @@ The gateway creates an ``InferenceJob`` row and enqueues ``spinecloud.inference.
 transient errors (Orthanc down or 5xx) -> Celery retry with backoff, the worker lives on.
 Acks late and prefetch 1 come from the shared Celery app. The model stays loaded between
 jobs (``backends.load_model``'s cache).
+
+Worker settings (``worker_settings``) apply when this module is imported, i.e. when the worker
+starts: the retry policy (``SPINECLOUD_INFERENCE_RETRY_*``) and nnU-Net's process count
+(``SPINECLOUD_INFERENCE_NNUNET_PROCESSES`` -> ``nnUNet_def_n_proc``, default 1), which must be
+in the environment before nnunetv2 is first imported.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from spinecloud_inference.worker_job import run_segment_job
+from spinecloud_inference.worker_settings import configure_nnunet_environment, get_worker_settings
 from spinecloud_shared.db.models import InferenceJob, JobStatus
 from spinecloud_shared.db.session import session_scope
 from spinecloud_shared.errors import NotFoundError
@@ -23,6 +29,8 @@ from spinecloud_shared.queue import celery_app
 from spinecloud_shared.task_names import SEGMENT_SERIES
 
 __all__ = ["record_inference", "segment_series"]
+
+configure_nnunet_environment()
 
 #: A job in one of these states keeps it: a redelivered message does not reopen it.
 _KEPT = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
@@ -45,7 +53,12 @@ def record_inference(job_id: str, status: JobStatus, failure: JobFailure | None)
         )
 
 
-@job_task(celery_app, SEGMENT_SERIES, record=record_inference)
+@job_task(
+    celery_app,
+    SEGMENT_SERIES,
+    record=record_inference,
+    policy=get_worker_settings().retry_policy(),
+)
 def segment_series(job_id: str) -> dict[str, Any]:
     """Celery task ``SEGMENT_SERIES`` (queue ``inference``): see the module doc."""
     return run_segment_job(

@@ -19,6 +19,7 @@ from spinecloud_inference.backends.lookup import (
 from spinecloud_inference.backends.monai_bundle import MonaiBundleBackend, load_monai_bundle
 from spinecloud_inference.backends.registry import (
     LOADERS,
+    check_label_map,
     clear_model_cache,
     load_backend,
     load_model,
@@ -35,6 +36,7 @@ __all__ = [
     "InferenceOptions",
     "MonaiBundleBackend",
     "SegmentationBackend",
+    "check_label_map",
     "clear_model_cache",
     "load_backend",
     "load_model",

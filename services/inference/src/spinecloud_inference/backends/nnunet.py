@@ -46,6 +46,7 @@ import numpy.typing as npt
 import torch
 
 from spinecloud_inference.backends.base import FractionCallback, InferenceOptions
+from spinecloud_inference.worker_settings import configure_nnunet_environment
 from spinecloud_shared import labels
 from spinecloud_shared.errors import LabelError, ModelArtifactError
 from spinecloud_shared.models.manifest import (
@@ -485,7 +486,10 @@ def load_nnunet_model(
     """``BackendLoader`` for ``Backend.NNUNET``: the artefact in ``folder``, loaded once.
 
     Every checkpoint that will run must be listed (and so verified) in the manifest.
+    ``nnUNet_def_n_proc`` is exported first (``worker_settings``), in case nnunetv2 is not
+    imported yet.
     """
+    configure_nnunet_environment()
     folder = folder.resolve()
     model_folder = trained_model_folder(folder)
     require_listed_weights(folder, model_folder, manifest)

@@ -6,6 +6,9 @@ loaded); ``register_backend`` adds or replaces one.
 ``load_model`` resolves a reference, verifies the manifest's weight digests and loads the
 backend once: later calls for the same folder, device and options return the same object
 until a file of the artefact changes (its manifest or weights modification time or size).
+A loaded model whose output channels do not all map to canonical ids (``check_label_map``) is
+refused with ``ModelLabelError`` (``model_labels_unmapped``) and not cached, so a job fails
+before any image is processed.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from spinecloud_inference.backends.base import (
 from spinecloud_inference.backends.lookup import resolve_model_folder
 from spinecloud_inference.backends.monai_bundle import load_monai_bundle
 from spinecloud_inference.backends.nnunet import load_nnunet_model
-from spinecloud_shared.errors import ConfigurationError, ModelArtifactError
-from spinecloud_shared.models.manifest import MANIFEST_FILE, Backend, read_manifest
+from spinecloud_shared import labels
+from spinecloud_shared.errors import ConfigurationError, ModelArtifactError, ModelLabelError
+from spinecloud_shared.models.manifest import MANIFEST_FILE, Backend, Manifest, read_manifest
 
 LOADERS: dict[Backend, BackendLoader] = {
     Backend.MONAI_BUNDLE: load_monai_bundle,
@@ -55,6 +59,37 @@ def resolve_device(device: str | None = None) -> str:
     if device != "cpu":
         raise ConfigurationError(f"Unknown device {device!r}: use cpu, cuda or cuda:N.")
     return device
+
+
+def check_label_map(manifest: Manifest, num_channels: int) -> None:
+    """Refuse a model whose ``num_channels`` outputs do not all map to canonical ids.
+
+    Every channel 1..N-1 needs an entry in ``manifest.labels`` (0 = background is allowed),
+    no entry may name a channel the network lacks, and at least one channel must be a vertebra:
+    otherwise ``ModelLabelError`` says which channels are wrong.
+    """
+    where = f"Model {manifest.ref}"
+    extra = sorted(c for c in manifest.labels if c >= num_channels)
+    if extra:
+        raise ModelLabelError(
+            f"{where}: manifest labels name channels {extra} but the network has "
+            f"{num_channels} outputs; fix the model's spinecloud.json labels.",
+            model=manifest.ref,
+        )
+    missing = [c for c in range(1, num_channels) if c not in manifest.labels]
+    if missing:
+        raise ModelLabelError(
+            f"{where}: output channels {missing} have no canonical id; give each one a "
+            "vertebra id (or 0 for background) in the model's spinecloud.json labels.",
+            model=manifest.ref,
+        )
+    if not any(target in labels.ALL_IDS for target in manifest.labels.values()):
+        raise ModelLabelError(
+            f"{where}: no output channel maps to a vertebra (C1-L5, sacrum); it is not a "
+            "spine model, or its label names are not known to SpineCloud. Give its channels "
+            "canonical ids in spinecloud.json.",
+            model=manifest.ref,
+        )
 
 
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
@@ -88,6 +123,7 @@ def load_backend(
                 path=str(folder),
             )
         backend = loader(folder, manifest, device=device, options=options)
+        check_label_map(backend.manifest, backend.num_channels)
         _cache[key] = backend
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
