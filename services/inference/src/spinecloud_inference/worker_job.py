@@ -2,8 +2,15 @@
 
 :func:`run_segment_job` is what the Celery task (``tasks.py``) runs, with its collaborators
 passed in (a session factory, an Orthanc client) so that tests can call it directly. Stages
-are timed (``fetch_s``, ``decode_s``, ``preprocess_s``, ``forward_s``, ``postprocess_s``,
-``encode_s``, ``store_s``) and recorded on the job with the findings and output locations.
+are timed (``fetch_s``, ``decode_s``, ``load_s``, ``preprocess_s``, ``forward_s``,
+``postprocess_s``, ``encode_s``, ``store_s``) and recorded on the job with the findings and
+output locations.
+
+Bad input fails fast: the series is decoded (``dicom_*`` codes) and the image checked
+(``image_too_small``, ``image_all_air``, ``image_all_metal``) before the model is loaded, and a
+model whose channels do not map to vertebrae is refused when it is loaded
+(``model_labels_unmapped``). Orthanc down or answering 5xx raises ``UpstreamError``
+(transient): the task retries the whole job with backoff.
 
 Order matters for failures: the DICOM-SEG is stored into Orthanc last, after every other step
 succeeded, so a failed job leaves no partial SEG behind. Its UIDs derive from the job key
@@ -31,7 +38,7 @@ from pydicom import Dataset, dcmread
 from spinecloud_inference.backends import load_model
 from spinecloud_inference.dicom_seg import build_dicom_seg
 from spinecloud_inference.outputs import write_outputs
-from spinecloud_inference.pipeline import SegmentationResult, segment_volume
+from spinecloud_inference.pipeline import SegmentationResult, check_input, segment_volume
 from spinecloud_shared.db.models import InferenceJob, JobStatus, Series
 from spinecloud_shared.dicom_series import read_dicom_series, read_series_datasets
 from spinecloud_shared.errors import NotFoundError
@@ -183,7 +190,9 @@ def run_segment_job(
         files = orthanc.series_files(_orthanc_series_id(spec, orthanc))
     with timer.stage("decode"):
         datasets, ct = _decode(files)
-    model = load_model(spec.model_ref, models_dir=models_dir)
+    check_input(ct)
+    with timer.stage("load"):
+        model = load_model(spec.model_ref, models_dir=models_dir)
     result = segment_volume(ct, model)
     timer.add_pipeline(result)
     with timer.stage("encode"):
