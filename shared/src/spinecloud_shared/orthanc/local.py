@@ -3,11 +3,17 @@
 Used by integration tests and by ``spinecloud stack up`` on a machine without Docker: a
 temporary configuration and storage folder, the DICOMweb and GDCM plugins, HTTP and DICOM
 ports bound to 127.0.0.1 only, HTTP basic authentication with a generated password.
+
+``OverwriteInstances`` is on, as in every SpineCloud deployment: a DICOM-SEG stored again by a
+retried or redelivered inference job has the same SOPInstanceUID (derived from the job key) and
+must replace the first one. Orthanc's default keeps the old instance and ignores the new one.
+Pass ``extra_config={"OverwriteInstances": False}`` to get Orthanc's default back.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -55,6 +61,8 @@ class LocalOrthanc:
     username: str = "spinecloud"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     extra_config: dict[str, Any] = field(default_factory=dict)
+    #: Variables added to the server's environment (Lua scripts read theirs with os.getenv).
+    environment: dict[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -86,6 +94,7 @@ class LocalOrthanc:
             "Plugins": plugins,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
             "Gdcm": {"Enable": True},
+            "OverwriteInstances": True,
             **self.extra_config,
         }
 
@@ -96,7 +105,10 @@ class LocalOrthanc:
         config_path.write_text(json.dumps(self.config(), indent=2))
         log = (self.workdir / "orthanc.log").open("wb")
         self._process = subprocess.Popen(
-            [orthanc_executable(), str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            [orthanc_executable(), str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.environment},
         )
         self._wait_ready(timeout_s)
         return self
