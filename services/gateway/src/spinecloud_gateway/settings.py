@@ -14,9 +14,12 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from spinecloud_shared.settings import Settings
 
-__all__ = ["DEFAULT_MODEL_NAME", "GatewaySettings", "RoutingRule"]
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_MODEL_VERSION", "GatewaySettings", "RoutingRule"]
 
+#: The model the inference package ships (``default_models/spine-segresnet-demo/0.1.0``): jobs
+#: that name no model get this one, so a fresh deployment segments without a model registry.
 DEFAULT_MODEL_NAME = "spine-segresnet-demo"
+DEFAULT_MODEL_VERSION = "0.1.0"
 
 
 class RoutingRule(BaseModel):
@@ -28,7 +31,7 @@ class RoutingRule(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     model_name: str = Field(default=DEFAULT_MODEL_NAME, min_length=1, max_length=100)
-    model_version: str = Field(default="1", min_length=1, max_length=64)
+    model_version: str = Field(default=DEFAULT_MODEL_VERSION, min_length=1, max_length=64)
     modality: str = "CT"
     min_slices: int = Field(default=20, ge=1)
     max_slices: int | None = Field(default=None, ge=1)

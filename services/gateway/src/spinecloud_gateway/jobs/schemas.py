@@ -8,7 +8,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spinecloud_gateway.core.patterns import MODEL_NAME_PATTERN, UID_PATTERN
-from spinecloud_gateway.settings import DEFAULT_MODEL_NAME
+from spinecloud_gateway.settings import DEFAULT_MODEL_NAME, DEFAULT_MODEL_VERSION
 from spinecloud_shared.db.models import JobStatus
 
 __all__ = ["JobCreate", "JobCreated", "JobPage", "JobRead"]
@@ -25,7 +25,10 @@ class JobCreate(BaseModel):
         default=DEFAULT_MODEL_NAME, min_length=1, max_length=100, pattern=MODEL_NAME_PATTERN
     )
     model_version: str = Field(
-        default="1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+        default=DEFAULT_MODEL_VERSION,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
     )
     priority: int = Field(default=5, ge=0, le=9)
 
