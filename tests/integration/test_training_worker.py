@@ -40,6 +40,9 @@ from tests.fixtures.services import CeleryWorker, StartWorker, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TIMEOUT_S = 420.0
+#: nnU-Net spawns process pools (fingerprint, preprocessing, validation export), each
+#: importing torch: minutes on a small, busy CPU machine.
+NNUNET_TIMEOUT_S = 900.0
 #: A SegResNet small enough for a few CPU iterations in seconds.
 TINY = {
     "network": {"init_filters": 4, "norm_groups": 4},
@@ -104,8 +107,8 @@ def _finished(url: str, job_id: str) -> TrainingJob | None:
     return job if job.status in done else None
 
 
-def _wait_job(url: str, job_id: str) -> TrainingJob:
-    job: TrainingJob = wait_for(lambda: _finished(url, job_id), timeout_s=TIMEOUT_S)
+def _wait_job(url: str, job_id: str, timeout_s: float = TIMEOUT_S) -> TrainingJob:
+    job: TrainingJob = wait_for(lambda: _finished(url, job_id), timeout_s=timeout_s)
     return job
 
 
@@ -181,7 +184,7 @@ def test_nnunet_on_a_verse_folder_end_to_end(
         params={"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
                 "device": "cpu"},
     )  # fmt: skip
-    job = _wait_job(postgres_url, job_id)
+    job = _wait_job(postgres_url, job_id, NNUNET_TIMEOUT_S)
     assert job.status is JobStatus.SUCCEEDED, (job.error_code, job.error_message, worker.log())
     assert job.result["fold"] == 0 and job.result["epochs"] == 1
     assert len(job.result["evaluation_cases"]) == 1

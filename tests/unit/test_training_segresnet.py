@@ -217,7 +217,14 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
         train_segresnet(request)
 
 
-def test_nnunet_backend_is_not_available_yet() -> None:
-    result = CliRunner().invoke(cli.app, ["--backend", "nnunet"])
-    assert result.exit_code == 2
-    assert "not available yet" in result.output
+def test_cli_nnunet_backend_reports_a_dataset_without_usable_case(tmp_path: Path) -> None:
+    root = tmp_path / "totalseg"
+    write_totalsegmentator(root, _phantoms(2))
+    for case in ("s0000", "s0001"):
+        (root / case / "ct.nii.gz").write_bytes(b"not a nifti file")
+    args = ["--backend", "nnunet", "--dataset", str(root), "--output", str(tmp_path / "m")]
+    result = CliRunner().invoke(cli.app, args)
+    assert isinstance(result.exception, InvalidInputError), result.output
+    excluded = result.exception.details["excluded"]
+    assert sorted(e["case_id"] for e in excluded) == ["s0000", "s0001"]
+    assert not (tmp_path / "m").exists()

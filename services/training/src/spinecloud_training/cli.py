@@ -1,5 +1,11 @@
 """``spinecloud train``: train a segmentation model and write it as a SpineCloud model artefact.
 
+``--backend segresnet`` (presets ``demo`` and ``paper``) writes a MONAI bundle;
+``--backend nnunet`` runs nnU-Net v2 3d_fullres through ``nnunet.pipeline.train_nnunet`` and
+writes a servable nnU-Net model folder (set ``nnUNet_def_n_proc`` and ``nnUNet_n_proc_DA`` in
+the environment to size nnU-Net's process pools; 1 and 0 suit a small CPU machine). Register
+the result with ``spinecloud models register``.
+
 Registered as the ``train`` command of the ``spinecloud`` CLI through the ``spinecloud.cli``
 entry-point group (the root CLI adds this module's ``train`` function as a command); ``app`` is
 the same command as a stand-alone Typer app.
@@ -181,40 +187,102 @@ def _report(result: TrainingResult) -> None:
     )
 
 
+def _nnunet(
+    data: DataSplit,
+    output: Path,
+    work_dir: Path | None,
+    name: str,
+    version: str,
+    epochs: int | None,
+    iterations: int | None,
+    device: str | None,
+) -> None:
+    """Train nnU-Net v2 (3d_fullres, SpineCloud's split as fold 0) and write its artefact."""
+    from spinecloud_training.nnunet.pipeline import NnUNetRequest, train_nnunet
+    from spinecloud_training.nnunet.train import TrainSettings
+
+    request = NnUNetRequest(
+        data=data,
+        work_dir=work_dir or output.with_name(output.name + ".nnunet"),
+        output_dir=output,
+        name=name,
+        version=version,
+        settings=TrainSettings(num_epochs=epochs, iterations_per_epoch=iterations),
+        device=device,
+        command=_command_line(),
+    )
+    stop = _StopOnSignal()
+    if console.is_terminal:
+        with _progress() as progress:
+            result = train_nnunet(request, progress=_Bar(progress), should_cancel=stop)
+    else:
+        result = train_nnunet(request, progress=_LogLines(every=1), should_cancel=stop)
+    excluded = [ExcludedCase(**e) for e in result.excluded]
+    if excluded:
+        console.print(_excluded_table(excluded))
+    if not result.completed:
+        console.print(
+            f"[yellow]cancelled[/] after epoch {result.epoch}; checkpoints in "
+            f"{result.fold_dir()} (run the same command again to continue)"
+        )
+        return
+    dice = (result.manifest.metrics if result.manifest else {}).get("val_dice_mean")
+    summary = f", validation Dice {dice:.3f}" if isinstance(dice, float) else ""
+    console.print(
+        f"[green]model written[/] to {result.artefact_dir} (fold {result.fold}, "
+        f"{result.epoch} epochs{summary})"
+    )
+
+
 def train(
     backend: Annotated[Backend, typer.Option(help="Training backend.")] = Backend.SEGRESNET,
-    preset: Annotated[PresetName, typer.Option(help="Training preset.")] = PresetName.DEMO,
+    preset: Annotated[
+        PresetName, typer.Option(help="SegResNet preset (nnU-Net plans its own).")
+    ] = PresetName.DEMO,
     dataset: Annotated[
         str, typer.Option(help="'phantoms', or a TotalSegmentator or VerSe layout folder.")
     ] = "phantoms",
     phantoms: Annotated[int, typer.Option(min=1, help="Training phantoms.")] = 32,
     val_phantoms: Annotated[int, typer.Option(min=0, help="Validation phantoms.")] = 6,
-    output: Annotated[Path, typer.Option(help="Bundle folder to write.")] = Path(
-        "models/spine-segresnet/0.1.0"
-    ),
+    output: Annotated[
+        Path | None, typer.Option(help="Artefact folder to write (default models/NAME/VERSION).")
+    ] = None,
     work_dir: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder (default: <output>.checkpoints).")
+        Path | None,
+        typer.Option(help="Checkpoint folder (default: <output>.checkpoints, or .nnunet)."),
     ] = None,
     iterations: Annotated[
-        int | None, typer.Option(min=1, help="Override the preset's run length.")
+        int | None,
+        typer.Option(min=1, help="SegResNet: the run's iterations; nnU-Net: iterations per epoch."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
-    name: Annotated[str, typer.Option(help="Model name in the manifest.")] = "spine-segresnet",
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="nnU-Net epochs (default 1000).")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="SegResNet: continue from the last checkpoint (nnU-Net always does)."),
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default spine-segresnet / spine-nnunet).")
+    ] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
     seed: Annotated[int, typer.Option(help="Random seed (weights, data, augmentation).")] = 0,
     device: Annotated[
         str | None, typer.Option(help="torch device (default: cuda when present, else cpu).")
     ] = None,
 ) -> None:
-    """Train a spine segmentation model and write it as a MONAI bundle with a manifest."""
-    if backend is Backend.NNUNET:
-        console.print("[red]error:[/] the nnU-Net v2 backend is not available yet.")
-        raise typer.Exit(code=2)
+    """Train a spine segmentation model and write it as a model artefact with a manifest."""
     logging.basicConfig(level=logging.WARNING)
+    name = name or f"spine-{backend.value}"
+    output = output or Path("models") / name / version
+    data = _data(dataset, phantoms, val_phantoms, seed)
+    if backend is Backend.NNUNET:
+        _nnunet(data, output, work_dir, name, version, epochs, iterations, device)
+        return
     chosen = get_preset(preset.value).with_overrides(iterations=iterations, seed=seed)
     request = TrainRequest(
         preset=chosen,
-        data=_data(dataset, phantoms, val_phantoms, seed),
+        data=data,
         output_dir=output,
         work_dir=work_dir,
         name=name,

@@ -23,8 +23,14 @@ fails (``invalid_input``) with the list still stored. A cancelled run marks the 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
 import logging
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -48,6 +54,8 @@ from spinecloud_training.evaluation import (
     write_nnunet_eval,
     write_segresnet_eval,
 )
+from spinecloud_training.nnunet.pipeline import NnUNetRequest, train_nnunet
+from spinecloud_training.nnunet.train import TrainSettings
 from spinecloud_training.presets import NetworkConfig, Preset, get_preset
 from spinecloud_training.segresnet import (
     CHECKPOINT_FILE,
@@ -267,19 +275,19 @@ def _publish_folder(source: Path, spec: JobSpec) -> Path:
     return target
 
 
-def _train_segresnet(spec: JobSpec, work: Path, reporter: JobReporter) -> Trained | None:
+def _segresnet_payload(spec: JobSpec, work: Path, reporter: JobReporter) -> dict[str, Any]:
+    """Train (or resume) the job's SegResNet; what the parent needs, as JSON."""
     params = spec.params
     preset = build_preset(spec.preset, params.get("preset_overrides"))
     if params.get("iterations") is not None:
         preset = preset.with_overrides(iterations=int(params["iterations"]))
     if params.get("seed") is not None:
         preset = preset.with_overrides(seed=int(params["seed"]))
-    data = _data(spec)
     checkpoints = work / "checkpoints"
     resume = (checkpoints / CHECKPOINT_FILE).is_file()
     request = TrainRequest(
         preset=preset,
-        data=data,
+        data=_data(spec),
         output_dir=work / "bundle",
         work_dir=checkpoints,
         name=spec.model_name,
@@ -291,43 +299,30 @@ def _train_segresnet(spec: JobSpec, work: Path, reporter: JobReporter) -> Traine
     result = train_segresnet(
         request, progress=reporter.progress, should_cancel=reporter.should_cancel
     )
-    resumed_from = (reporter.first_iteration - 1) if resume and reporter.first_iteration else None
-    details = {
-        "backend": "segresnet",
-        "iterations": result.iteration,
-        "total_iterations": result.total_iterations,
-        "resumed_from_iteration": resumed_from if resume else None,
-        "checkpoint": str(result.checkpoint),
+    first = reporter.first_iteration
+    return {
+        "completed": result.completed,
+        "details": {
+            "backend": "segresnet",
+            "iterations": result.iteration,
+            "total_iterations": result.total_iterations,
+            "resumed_from_iteration": first - 1 if resume and first else None,
+            "checkpoint": str(result.checkpoint),
+        },
+        "excluded": [vars(e) for e in result.excluded],
+        "artefact": str(result.bundle_dir) if result.bundle_dir else None,
+        "metrics": dict(result.manifest.metrics) if result.manifest else {},
     }
-    excluded = [vars(e) for e in result.excluded]
-    if not result.completed:
-        _cancelled(spec, details, excluded)
-        return None
-    assert result.bundle_dir is not None and result.manifest is not None
-    artefact = _publish_folder(result.bundle_dir, spec)
-    device = params.get("device")
-
-    def write_eval(out: Path) -> list[str]:
-        return write_segresnet_eval(artefact, data.val, out, device=device)
-
-    return Trained(artefact, excluded, dict(result.manifest.metrics), write_eval, details)
 
 
-def _cancelled(spec: JobSpec, details: dict[str, Any], excluded: list[dict[str, Any]]) -> None:
-    _mark_cancelled(spec.job_id, {**details, "excluded": excluded})
-
-
-def _train_nnunet(spec: JobSpec, work: Path, reporter: JobReporter) -> Trained | None:
-    from spinecloud_training.nnunet.pipeline import NnUNetRequest, train_nnunet
-    from spinecloud_training.nnunet.train import TrainSettings
-
+def _nnunet_request(spec: JobSpec, work: Path) -> NnUNetRequest:
     params = spec.params
     settings = TrainSettings(
         num_epochs=params.get("epochs"),
         iterations_per_epoch=params.get("iterations_per_epoch"),
         val_iterations_per_epoch=params.get("val_iterations_per_epoch"),
     )
-    request = NnUNetRequest(
+    return NnUNetRequest(
         data=_data(spec),
         work_dir=work / "nnunet",
         output_dir=models_root() / spec.model_name / spec.model_version,
@@ -337,27 +332,113 @@ def _train_nnunet(spec: JobSpec, work: Path, reporter: JobReporter) -> Trained |
         device=params.get("device"),
         command=f"spinecloud training job {spec.job_id}",
     )
-    result = train_nnunet(request, progress=reporter.progress, should_cancel=reporter.should_cancel)
-    details = {
-        "backend": "nnunet",
-        "fold": result.fold,
-        "epochs": result.epoch,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
-    if not result.completed:
-        _cancelled(spec, details, result.excluded)
-        return None
-    assert result.artefact_dir is not None and result.manifest is not None
-    raw_folder = request.work_dir / "nnUNet_raw" / result.model_folder.parent.name
 
-    def write_eval(out: Path) -> list[str]:
-        return write_nnunet_eval(
-            result.model_folder, result.fold_dir(), raw_folder, result.validation_cases, out
-        )
 
-    return Trained(
-        result.artefact_dir, result.excluded, dict(result.manifest.metrics), write_eval, details
+def _nnunet_payload(spec: JobSpec, work: Path, reporter: JobReporter) -> dict[str, Any]:
+    """Train (or resume) the job's nnU-Net and publish it; what the parent needs, as JSON."""
+    result = train_nnunet(
+        _nnunet_request(spec, work),
+        progress=reporter.progress,
+        should_cancel=reporter.should_cancel,
     )
+    return {
+        "completed": result.completed,
+        "details": {
+            "backend": "nnunet",
+            "fold": result.fold,
+            "epochs": result.epoch,
+            "resumed_from_epoch": result.resumed_from_epoch,
+        },
+        "excluded": result.excluded,
+        "artefact": str(result.artefact_dir) if result.artefact_dir else None,
+        "metrics": dict(result.manifest.metrics) if result.manifest else {},
+        "model_folder": str(result.model_folder),
+        "validation_cases": result.validation_cases,
+    }
+
+
+CHILD_RESULT_FILE = "train_result.json"
+
+
+def run_training_child(job_id: str) -> int:
+    """A job's training in a process of its own (``python -m spinecloud_training.child
+    JOB_ID``); writes ``train_result.json`` in the work folder and returns the exit status.
+
+    Celery's prefork pool runs tasks in daemonic processes, which may not start the processes
+    nnU-Net (planning, preprocessing, augmentation, export) and torch's data loader workers
+    need; a plain child process may.
+    """
+    spec = _load_spec(job_id)
+    work = work_dir(job_id)
+    reporter = JobReporter(job_id)
+    payload: dict[str, Any]
+    try:
+        if spec.backend == "segresnet":
+            payload = _segresnet_payload(spec, work, reporter)
+        else:
+            payload = _nnunet_payload(spec, work, reporter)
+    except SpineCloudError as exc:
+        payload = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+    (work / CHILD_RESULT_FILE).write_text(json.dumps(payload, default=str))
+    return 1 if "error" in payload else 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the worker process that started it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _train(spec: JobSpec, work: Path) -> Trained | None:
+    """Train in a child process; the published artefact, or None when the run was cancelled."""
+    result_file = work / CHILD_RESULT_FILE
+    result_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "spinecloud_training.child", spec.job_id]
+    completed = subprocess.run(command, check=False, preexec_fn=_die_with_parent)
+    if not result_file.is_file():
+        raise RuntimeError(f"training child process exited with {completed.returncode}")
+    payload = json.loads(result_file.read_text())
+    if "error" in payload:
+        error = payload["error"]
+        raise _error_from_child(error["code"], error["message"], error.get("details") or {})
+    details, excluded = payload["details"], payload["excluded"]
+    if not payload["completed"]:
+        _mark_cancelled(spec.job_id, {**details, "excluded": excluded})
+        return None
+    if spec.backend == "segresnet":
+        artefact = _publish_folder(Path(payload["artefact"]), spec)
+        data, device = _data(spec), spec.params.get("device")
+
+        def write_eval(out: Path) -> list[str]:
+            return write_segresnet_eval(artefact, data.val, out, device=device)
+
+        return Trained(artefact, excluded, payload["metrics"], write_eval, details)
+    model_folder = Path(payload["model_folder"])
+    fold_dir = model_folder / f"fold_{details['fold']}"
+    raw_folder = work / "nnunet" / "nnUNet_raw" / model_folder.parent.name
+    cases: dict[str, str] = payload["validation_cases"]
+
+    def write_nnunet(out: Path) -> list[str]:
+        return write_nnunet_eval(model_folder, fold_dir, raw_folder, cases, out)
+
+    return Trained(Path(payload["artefact"]), excluded, payload["metrics"], write_nnunet, details)
+
+
+def _error_from_child(code: str, message: str, details: dict[str, Any]) -> SpineCloudError:
+    """The child's error as the same kind of SpineCloudError (its code kept)."""
+    kinds: dict[str, type[SpineCloudError]] = {c.code: c for c in _subclasses(SpineCloudError)}
+    kind = kinds.get(code, SpineCloudError)
+    return kind(message, **details)
+
+
+def _subclasses(cls: type[SpineCloudError]) -> list[type[SpineCloudError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
 
 
 # --------------------------------------------------------------------------- registration
@@ -414,10 +495,8 @@ def run_training_job(job_id: str) -> dict[str, Any]:
     _check_version_free(spec)
     work = work_dir(job_id)
     work.mkdir(parents=True, exist_ok=True)
-    reporter = JobReporter(job_id)
-    trainer = _train_segresnet if spec.backend == "segresnet" else _train_nnunet
     try:
-        trained = trainer(spec, work, reporter)
+        trained = _train(spec, work)
     except SpineCloudError as exc:
         if "excluded" in exc.details:
             _update_result(job_id, {"excluded": exc.details["excluded"]})

@@ -236,7 +236,7 @@ def stop_training(trainer: nnUNetTrainer) -> NoReturn:
 
 def epoch_summary(trainer: nnUNetTrainer) -> dict[str, float | int | None]:
     """Epochs done, of how many, and the last epoch's train loss and pseudo Dice."""
-    logged: dict[str, list[Any]] = trainer.logger.my_fantastic_logging
+    logged: dict[str, list[Any]] = trainer.logger.get_checkpoint()
     losses = logged.get("train_losses") or [None]
     dice = logged.get("mean_fg_dice") or [None]
     return {
