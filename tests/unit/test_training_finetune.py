@@ -16,7 +16,12 @@ from spinecloud_inference import dicom_seg
 from spinecloud_shared import labels
 from spinecloud_shared.dicom_series import read_dicom_series, read_series_datasets, to_dicom_grid
 from spinecloud_shared.dicom_write import write_ct_series
-from spinecloud_shared.errors import GeometryMismatchError, InvalidInputError, LabelError
+from spinecloud_shared.errors import (
+    DicomInputError,
+    GeometryMismatchError,
+    InvalidInputError,
+    LabelError,
+)
 from spinecloud_shared.models.manifest import read_manifest
 from spinecloud_shared.phantom import PhantomSpec, generate_phantom
 from spinecloud_shared.volume import Volume
@@ -281,3 +286,9 @@ def test_reader_refuses_a_seg_drawn_on_other_images(
     seg = viewer_seg(other_datasets, to_dicom_grid(other.labels))
     with pytest.raises(GeometryMismatchError):
         read_correction_seg(seg, ct)
+
+
+def test_reader_refuses_what_is_not_a_seg(series: tuple[Volume, list[Dataset], Volume]) -> None:
+    ct, datasets, _ = series
+    with pytest.raises(DicomInputError, match="not a readable DICOM-SEG"):
+        read_correction_seg(datasets[0], ct)

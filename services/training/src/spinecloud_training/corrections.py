@@ -508,6 +508,11 @@ def _write_meta(root: Path, cases: Sequence[CorrectionCase]) -> None:
             )
 
 
+def _exclude(result: CorrectionDataset, excluded: ExcludedCorrection) -> None:
+    logger.warning("correction %s excluded: %s", excluded.seg_series, excluded.reason)
+    result.excluded.append(excluded)
+
+
 def build_correction_dataset(
     client: OrthancClient,
     root: Path,
@@ -546,8 +551,12 @@ def build_correction_dataset(
         except UpstreamError:
             raise
         except SpineCloudError as exc:
-            logger.warning("correction %s excluded: %s", seg_digest, exc.message)
-            result.excluded.append(ExcludedCorrection(ct_digest, seg_digest, exc.code, exc.message))
+            _exclude(result, ExcludedCorrection(ct_digest, seg_digest, exc.code, exc.message))
+            continue
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # A malformed SEG from another tool that pydicom or highdicom cannot take apart.
+            error = DicomInputError(f"the segmentation cannot be read ({type(exc).__name__}).")
+            _exclude(result, ExcludedCorrection(ct_digest, seg_digest, error.code, error.message))
             continue
         written.append((correction, case_id, _level_names(label_map)))
     splits = assign_splits(
