@@ -5,7 +5,9 @@ Steps of ``run_training_job(job_id)``:
 
 1. Read the ``TrainingJob`` row. A job already succeeded or cancelled is left as it is (a
    redelivered message); a registered model version that another job produced is a conflict.
-2. Train in the job's work folder ``<artifact_dir>/training/<job_id>/`` with progress written
+2. Train in the job's work folder ``<artifact_dir>/training/<job_id>/``, in a child process
+   (``python -m spinecloud_training.child``; Celery's daemonic pool processes may not start
+   the processes nnU-Net and torch's data loader need), with progress written
    to ``job.progress`` (at most every ``PROGRESS_INTERVAL_S`` and at every phase change) and
    ``job.cancel_requested`` polled as often. A checkpoint left there by an earlier attempt (a
    worker killed mid-run, a redelivered message, a cancelled job queued again) is resumed.
