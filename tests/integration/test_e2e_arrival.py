@@ -134,16 +134,18 @@ def arrived(stack: E2EStack, storescu: str, tmp_path_factory: pytest.TempPathFac
 
 @dataclass
 class Caller:
-    """An API token: its id (the audit log's actor) and a dicomweb-client using it."""
+    """An API token: its id (the audit log's actor), its header, a dicomweb-client using it."""
 
     token_id: str
+    headers: dict[str, str]
     client: DICOMwebClient
 
 
 def _caller(stack: E2EStack, role: Role, project: str | None, name: str) -> Caller:
     token_id, secret = api_token(stack.database_url, role, project, name)
     headers = {"Authorization": f"Bearer {secret}"}
-    return Caller(token_id, DICOMwebClient(f"{stack.gateway_url}/dicom-web", headers=headers))
+    client = DICOMwebClient(f"{stack.gateway_url}/dicom-web", headers=headers)
+    return Caller(token_id, headers, client)
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +251,33 @@ def test_clinician_finds_and_retrieves_the_ct_and_the_seg(
     searches = audit_rows(stack.database_url, actor_id=clinician.token_id, action="dicomweb.search")
     assert {r.resource_type for r in searches} == {"studies"}
     assert all(r.client_ip and r.request_id for r in [*rows, *searches])
+
+
+def test_the_jobs_api_links_to_the_seg(
+    stack: E2EStack, arrived: Arrived, clinician: Caller, outsider: Caller
+) -> None:
+    """The worker's outputs reach the clinician through the jobs API, as a working link."""
+    listed = httpx.get(
+        f"{stack.gateway_url}/api/v1/jobs",
+        params={"study_instance_uid": arrived.study_uid},
+        headers=clinician.headers,
+    )
+    assert [(j["id"], j["status"]) for j in listed.json()["items"]] == [
+        (arrived.job.id, "succeeded")
+    ]
+    job_url = f"{stack.gateway_url}/api/v1/jobs/{arrived.job.id}"
+    job = httpx.get(job_url, headers=clinician.headers).json()
+    seg_url = job["seg_dicomweb_url"]
+    assert seg_url == (
+        f"{stack.gateway_url}/dicom-web/studies/{arrived.study_uid}/series/{arrived.seg_series_uid}"
+    )
+    accept = 'multipart/related; type="application/dicom"'
+    answer = httpx.get(seg_url, headers={**clinician.headers, "Accept": accept}, timeout=60)
+    assert answer.status_code == 200
+    assert arrived.seg_sop_uid.encode() in answer.content
+    assert httpx.get(job_url, headers=outsider.headers).status_code == 404
+    reads = audit_rows(stack.database_url, actor_id=clinician.token_id, action="job.read")
+    assert [(r.resource_id, r.outcome) for r in reads] == [(arrived.job.id, "success")]
 
 
 def test_without_a_token_nothing_is_served(stack: E2EStack, arrived: Arrived) -> None:
