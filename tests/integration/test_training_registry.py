@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from spinecloud_shared.db.models import RegisteredModel
+from spinecloud_shared.db.models import Evaluation, JobStatus, RegisteredModel
 from spinecloud_shared.db.registry import (
     RegistryConflictError,
     get_model,
@@ -153,3 +153,24 @@ def test_cli_register_promote_list(
     assert listed.exit_code == 0, listed.output
     assert "production" in listed.output and "0.500" in listed.output
     assert read_manifest(folder).state is ModelState.PRODUCTION
+
+
+def test_promotion_waits_for_the_evaluation_and_takes_its_summary(
+    db_session: Session, tmp_path: Path
+) -> None:
+    name = _name()
+    evaluation = Evaluation(name="val", pred_dir="/p", ref_dir="/r")
+    db_session.add(evaluation)
+    db_session.flush()
+    register_model(db_session, _artefact(tmp_path, name, "1.0"), metrics={"val_dice_mean": 0.4})
+    model = get_model(db_session, name, "1.0")
+    model.evaluation_id = evaluation.id
+    with pytest.raises(RegistryConflictError, match="evaluation is queued"):
+        promote(db_session, name, "1.0", by="bob")
+
+    evaluation.mark(JobStatus.SUCCEEDED)
+    evaluation.summary = {"n_cases": 2, "dice": 0.61, "hd95": 9.5}
+    promoted = promote(db_session, name, "1.0", by="bob")
+    assert promoted.state is ModelState.PRODUCTION
+    assert promoted.metrics["dice"] == 0.61 and promoted.metrics["val_dice_mean"] == 0.4
+    assert promoted.metrics["evaluation"]["n_cases"] == 2

@@ -19,7 +19,13 @@ from rich.table import Table
 
 from spinecloud_shared.db import session_scope, upgrade
 from spinecloud_shared.db.models import RegisteredModel
-from spinecloud_shared.db.registry import list_models, promote, register_model, retire
+from spinecloud_shared.db.registry import (
+    list_models,
+    promote,
+    refresh_evaluation,
+    register_model,
+    retire,
+)
 from spinecloud_shared.models.manifest import ModelState, parse_model_ref
 
 console = Console()
@@ -77,7 +83,9 @@ def list_command(
     """List registered model versions."""
     upgrade()
     with session_scope() as session:
-        models = list_models(session, name=name, state=state)
+        models = [
+            refresh_evaluation(session, m) for m in list_models(session, name=name, state=state)
+        ]
         console.print(models_table(models))
 
 

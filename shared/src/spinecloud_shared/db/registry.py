@@ -16,7 +16,8 @@ States and rules (``ModelState``):
 * Only one version of a name is in production: promoting one demotes the current production
   version to ``validated`` (recorded in both histories). A partial unique index enforces it
   in the database, and the rows of the name are locked while promoting.
-* Promotion to ``validated`` or ``production`` needs metrics (an evaluated model) and an
+* Promotion to ``validated`` or ``production`` needs metrics, a succeeded evaluation when the
+  model has one (its summary is then copied into the metrics: ``refresh_evaluation``), and an
   artefact whose weights still match its manifest.
 * Every change records who and when: ``promoted_by``/``promoted_at`` for promotions,
   ``retired_at`` for retirements, and an entry in ``history``.
@@ -36,6 +37,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from spinecloud_shared.db.base import utcnow
+from spinecloud_shared.db.models.common import JobStatus
+from spinecloud_shared.db.models.evaluation import Evaluation
 from spinecloud_shared.db.models.training import RegisteredModel
 from spinecloud_shared.errors import InvalidInputError, NotFoundError, SpineCloudError
 from spinecloud_shared.models.manifest import (
@@ -54,6 +57,7 @@ __all__ = [
     "manifest_digest",
     "production_model",
     "promote",
+    "refresh_evaluation",
     "register_model",
     "retire",
 ]
@@ -216,6 +220,37 @@ def _check_transition(model: RegisteredModel, to: ModelState) -> None:
         )
 
 
+def refresh_evaluation(session: Session, model: RegisteredModel) -> RegisteredModel:
+    """Copy the summary of the model's finished evaluation into its metrics (once).
+
+    The metrics service fills the ``evaluations`` row asynchronously; its headline numbers
+    (``dice``, ``hd95``, ...) then stand beside the training metrics, under ``evaluation`` and
+    at the top level.
+    """
+    if model.evaluation_id is None or "evaluation" in (model.metrics or {}):
+        return model
+    evaluation = session.get(Evaluation, model.evaluation_id)
+    if evaluation is None or evaluation.status is not JobStatus.SUCCEEDED:
+        return model
+    summary = dict(evaluation.summary or {})
+    model.metrics = {**(model.metrics or {}), **summary, "evaluation": summary}
+    session.flush()
+    return model
+
+
+def _check_evaluated(session: Session, model: RegisteredModel) -> None:
+    """A model whose evaluation has not succeeded (yet) is not promoted."""
+    if model.evaluation_id is None:
+        return
+    evaluation = session.get(Evaluation, model.evaluation_id)
+    if evaluation is not None and evaluation.status is not JobStatus.SUCCEEDED:
+        raise RegistryConflictError(
+            f"Model {model.name}@{model.version} cannot be promoted: its evaluation is "
+            f"{evaluation.status.value}.",
+            model=f"{model.name}@{model.version}",
+        )
+
+
 def _check_promotable(model: RegisteredModel) -> None:
     """Promotion needs metrics and intact weights."""
     if not model.metrics:
@@ -256,6 +291,8 @@ def promote(
     if model.state is to:
         return model
     _check_transition(model, to)
+    _check_evaluated(session, model)
+    refresh_evaluation(session, model)
     _check_promotable(model)
     if to is ModelState.PRODUCTION:
         for current in rows:
