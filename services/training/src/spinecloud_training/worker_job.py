@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import select
 
 from spinecloud_shared.db.models import Evaluation, JobStatus, RegisteredModel, TrainingJob
-from spinecloud_shared.db.registry import RegistryConflictError, register_model
+from spinecloud_shared.db.registry import RegistryConflictError, json_safe, register_model
 from spinecloud_shared.db.session import session_scope
 from spinecloud_shared.db.training_jobs import BACKENDS
 from spinecloud_shared.errors import InvalidInputError, NotFoundError, SpineCloudError
@@ -182,7 +182,7 @@ class JobReporter:
         with session_scope() as session:
             job = session.get(TrainingJob, self.job_id)
             if job is not None:
-                job.progress = values
+                job.progress = json_safe(values)
 
     def should_cancel(self) -> bool:
         """Whether someone asked the job to stop (read at most every ``interval_s``)."""
@@ -236,14 +236,14 @@ def _check_version_free(spec: JobSpec) -> None:
 def _update_result(job_id: str, values: Mapping[str, Any]) -> None:
     with session_scope() as session:
         job = session.get_one(TrainingJob, job_id)
-        job.result = {**(job.result or {}), **values}
+        job.result = json_safe({**(job.result or {}), **values})
 
 
 def _mark_cancelled(job_id: str, details: Mapping[str, Any]) -> dict[str, Any]:
     result = {"cancelled": True, **details}
     with session_scope() as session:
         job = session.get_one(TrainingJob, job_id)
-        job.result = {**(job.result or {}), **result}
+        job.result = json_safe({**(job.result or {}), **result})
         job.cancel_requested = False
         job.mark(JobStatus.CANCELLED)
     return result
@@ -482,7 +482,7 @@ def _register(spec: JobSpec, trained: Trained, eval_dir: Path, cases: list[str])
             "evaluation_cases": cases,
             "excluded": trained.excluded,
         }
-        job.result = result
+        job.result = json_safe(result)
         job.progress = {**(job.progress or {}), "phase": Phase.FINISHED.value}
     return result
 

@@ -28,6 +28,7 @@ Functions receive a session and flush; the caller commits (``session_scope``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "TRANSITIONS",
     "RegistryConflictError",
     "get_model",
+    "json_safe",
     "list_models",
     "manifest_digest",
     "production_model",
@@ -78,6 +80,17 @@ class RegistryConflictError(SpineCloudError):
 
     code: ClassVar[str] = "registry_conflict"
     http_status: ClassVar[int] = 409
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON and JSONB have neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def manifest_digest(folder: Path) -> str:
@@ -137,8 +150,8 @@ def register_model(
         manifest_sha256=_write_state(folder, manifest, ModelState.DRAFT),
         state=ModelState.DRAFT,
         description=manifest.description or None,
-        metrics={**manifest.metrics, **(metrics or {})},
-        lineage=manifest.lineage.model_dump(mode="json"),
+        metrics=json_safe({**manifest.metrics, **(metrics or {})}),
+        lineage=json_safe(manifest.lineage.model_dump(mode="json")),
         training_job_id=training_job_id,
         evaluation_id=evaluation_id,
         registered_by=registered_by,
@@ -233,7 +246,7 @@ def refresh_evaluation(session: Session, model: RegisteredModel) -> RegisteredMo
     if evaluation is None or evaluation.status is not JobStatus.SUCCEEDED:
         return model
     summary = dict(evaluation.summary or {})
-    model.metrics = {**(model.metrics or {}), **summary, "evaluation": summary}
+    model.metrics = json_safe({**(model.metrics or {}), **summary, "evaluation": summary})
     session.flush()
     return model
 

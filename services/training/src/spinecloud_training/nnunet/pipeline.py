@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -183,6 +184,11 @@ class _EpochReporter:
             stop_training(trainer)
 
 
+def _finite(value: Any) -> float | None:
+    """A number for JSON: NaN (a class absent from every validation case) becomes None."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _validation_metrics(fold_dir: Path) -> dict[str, Any]:
     """nnU-Net's validation summary of the fold: mean foreground Dice and per class."""
     path = fold_dir / "validation" / "summary.json"
@@ -191,8 +197,8 @@ def _validation_metrics(fold_dir: Path) -> dict[str, Any]:
     summary = json.loads(path.read_text())
     per_class = summary.get("mean", {})
     return {
-        "val_dice_mean": summary.get("foreground_mean", {}).get("Dice"),
-        "val_dice_per_label_value": {k: v.get("Dice") for k, v in per_class.items()},
+        "val_dice_mean": _finite(summary.get("foreground_mean", {}).get("Dice")),
+        "val_dice_per_label_value": {k: _finite(v.get("Dice")) for k, v in per_class.items()},
         "val_space": "nnU-Net validation of the fold (raw image grid, RAS)",
     }
 
