@@ -409,7 +409,18 @@ def _update_bundle(
     lineage = manifest.lineage.model_dump()
     lineage["parent"] = parent.ref
     lineage["corrections"] = _corrections_provenance(dataset)
-    metrics = {**manifest.metrics, "finetune": result.summary()}
+    # The trainer ran without validation cases (they are scored here), so its empty
+    # validation fields give way to the after-scores on the CT grids.
+    metrics = {
+        k: v
+        for k, v in manifest.metrics.items()
+        if not k.startswith("val_") and k != "best_iteration"
+    }
+    if result.after is not None:
+        metrics["val_dice_mean"] = _rounded(result.after.mean_dice)
+        metrics["val_cases"] = len(result.after.per_case_dice)
+        metrics["val_space"] = "source CT grids; see finetune (mean over cases of mean Dice)"
+    metrics["finetune"] = result.summary()
     updated = manifest.model_copy(
         update={
             "lineage": type(manifest.lineage).model_validate(lineage),
