@@ -37,7 +37,12 @@ from spinecloud_inference.backends.nnunet import (
 from spinecloud_inference.pipeline import segment_volume
 from spinecloud_shared import labels
 from spinecloud_shared.errors import ModelArtifactError
-from spinecloud_shared.models.manifest import Backend, read_manifest, write_manifest
+from spinecloud_shared.models.manifest import (
+    MANIFEST_FILE,
+    Backend,
+    read_manifest,
+    write_manifest,
+)
 from spinecloud_shared.nifti import read_nifti, write_nifti
 from spinecloud_shared.phantom import Phantom, PhantomSpec, generate_phantom
 from spinecloud_shared.settings import get_settings
@@ -49,6 +54,7 @@ from spinecloud_training.nnunet.train import (
     TrainSettings,
     export_zip,
     model_manifest,
+    nnunet_environment,
     plan_and_preprocess,
     train,
     write_model_manifest,
@@ -233,6 +239,40 @@ def test_artefact_holding_the_zip_serves_it(
     expected = segment_volume(ct, trained.model_folder, device="cpu").labels.array
     np.testing.assert_array_equal(segment_volume(ct, folder, device="cpu").labels.array, expected)
     assert any((tmp_path / "data" / "cache" / "nnunet").iterdir())
+    get_settings.cache_clear()
+
+
+def test_plain_nnunet_export_zip_is_adopted_and_served_as_manifest_plus_zip(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nnU-Net's own export zip (``nnUNetv2_export_model_to_zip``, no spinecloud.json):
+    adopted into a folder, or kept as ``spinecloud.json`` beside ``model.zip``; both serve
+    exactly what the trained folder serves."""
+    from nnunetv2.model_sharing.model_export import export_pretrained_model
+
+    monkeypatch.setenv("SPINECLOUD_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    plain = tmp_path / "plain.zip"
+    with nnunet_environment(trained.folders):
+        export_pretrained_model(
+            trained.dataset_name, str(plain), configurations=("3d_fullres",), folds=("all",)
+        )
+    with zipfile.ZipFile(plain) as archive:
+        assert MANIFEST_FILE not in archive.namelist()
+    with pytest.raises(ModelArtifactError, match="adopt_model"):
+        import_model_zip(plain, tmp_path / "refused")
+    adopted = adopt_model(plain, tmp_path / "adopted", name="plain", version="1")
+    artefact = tmp_path / "artefact"
+    artefact.mkdir()
+    shutil.copy(plain, artefact / "model.zip")
+    manifest = read_manifest(adopted).model_copy(update={"weights_sha256": {"model.zip": ""}})
+    write_manifest(manifest, artefact)
+    assert read_manifest(adopted).labels == read_manifest(trained.model_folder).labels
+    ct = _phantom(16, "LPS").ct
+    expected = segment_volume(ct, trained.model_folder, device="cpu").labels.array
+    for folder in (adopted, artefact):
+        served = segment_volume(ct, folder, device="cpu").labels.array
+        np.testing.assert_array_equal(served, expected)
     get_settings.cache_clear()
 
 
