@@ -111,8 +111,7 @@ def promote_command(
     by: Annotated[str | None, typer.Option(help="Who promotes (default: the OS user).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why, for the history.")] = None,
 ) -> None:
-    """Promote a version (only one production version per name; the previous one becomes
-    validated)."""
+    """Promote a version; the name's previous production version becomes validated."""
     name, version = parse_model_ref(ref)
     if version is None:
         raise typer.BadParameter("give NAME@VERSION")
