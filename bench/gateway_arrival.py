@@ -21,7 +21,8 @@ QIDO answer that lists the SEG is broken down with timestamps from the same cloc
 * SEG visible: ``finished_at`` -> first QIDO hit (negative when the SEG, stored before the
   job is marked succeeded, is found first).
 
-"Platform" is the total minus StableAge minus the job's own time (target: under 2 s). The
+"Platform" is the total minus StableAge minus the job's own time (target: under 2 s), also
+shown with the whole job run (timed stages plus bookkeeping) taken out. The
 first study warms the worker up (torch, model load) and is not counted. Never asserts a
 time. Quick check: ``.venv/bin/python bench/gateway_arrival.py`` (2 studies); recorded run:
 ``--studies 5``.
@@ -83,6 +84,9 @@ class Arrival:
             "SEG visible after finish": self.visible - self.finished,
             "total": total,
             "platform (total - StableAge - own)": total - stable_age_s - own,
+            "platform (total - StableAge - job run)": (
+                total - stable_age_s - (self.finished - self.started)
+            ),
         }
 
 
@@ -187,9 +191,11 @@ def _report(arrivals: list[Arrival], stable_age_s: float) -> None:
         f"{s} {statistics.median(r.get(s, 0.0) for r in stage_rows):.2f}" for s in stages
     ))  # fmt: skip
     platform = statistics.median(r["platform (total - StableAge - own)"] for r in rows)
+    outside = statistics.median(r["platform (total - StableAge - job run)"] for r in rows)
     print(
         f"platform adds {platform:.2f} s beyond StableAge ({stable_age_s:g} s) and the job's "
-        f"own time (target < 2 s), {len(rows)} studies, StableAge {stable_age_s:g} s"
+        f"timed stages, {outside:.2f} s beyond StableAge and the whole job run "
+        f"(target < 2 s); {len(rows)} studies"
     )
 
 

@@ -35,6 +35,12 @@ _RESPONSE_HEADERS = (
     "warning",
 )
 
+#: Bytes gathered from Orthanc before each write to the client. httpcore hands the body on in
+#: pieces of at most 64 KiB; sending each one costs a pass through the middleware stack, a
+#: chunk header of uvicorn's and a socket write, and makes the client parse many chunks.
+#: Bounded, so the proxy's memory stays flat whatever the size of the series.
+STREAM_CHUNK_BYTES = 256 * 1024
+
 _REFUSALS: dict[int, type[SpineCloudError]] = {
     406: NotAcceptableError,
     409: ConflictError,
@@ -81,11 +87,31 @@ async def raise_for_upstream(response: httpx.Response) -> None:
     raise error(f"Orthanc refused the request ({response.status_code}).")
 
 
+async def coalesced(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """``chunks`` regrouped into pieces of at least ``size`` bytes (the last may be smaller).
+
+    A piece is sent as soon as it is complete, so at most ``size`` plus one upstream chunk is
+    held at a time.
+    """
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending.clear()
+            held = 0
+    if held:
+        yield b"".join(pending)
+
+
 def streaming_response(upstream: httpx.Response) -> StreamingResponse:
-    """The upstream answer streamed to the client, closed when done."""
+    """The upstream answer streamed to the client in pieces of STREAM_CHUNK_BYTES, closed
+    when done."""
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in _RESPONSE_HEADERS}
     return StreamingResponse(
-        upstream.aiter_raw(),
+        coalesced(upstream.aiter_raw(), STREAM_CHUNK_BYTES),
         status_code=upstream.status_code,
         headers=headers,
         background=BackgroundTask(upstream.aclose),
