@@ -228,8 +228,15 @@ def convert(
 
 def check_canonical(label_map: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
     """Validate that a label map holds only canonical ids (and 0); return it as uint8."""
-    arr = _check_integer(label_map)
-    present = np.unique(arr)
+    arr = np.asarray(label_map)
+    if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:
+        # Label maps are uint8: count values in place. bench/inference_e2e.py showed the int64
+        # copy and np.unique of a 512 x 512 x 300 map taking about 7 s each, called ~7 times
+        # per job; bincount on the uint8 array takes about 0.3 s.
+        present = np.flatnonzero(np.bincount(arr.ravel(), minlength=1))
+    else:
+        arr = _check_integer(arr)
+        present = np.unique(arr)
     unknown = [int(v) for v in present if v != 0 and v not in _BY_ID]
     if unknown:
         raise LabelError(

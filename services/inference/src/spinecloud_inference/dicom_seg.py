@@ -130,7 +130,7 @@ def seg_uids(source_series_instance_uid: str, model: ModelRef | str) -> SegUids:
 
 def _present_ids(label_map: npt.NDArray[np.uint8]) -> list[int]:
     """Canonical ids present, head to feet; LabelError when there is none."""
-    present = [int(v) for v in np.unique(label_map) if v != 0]
+    present = [int(v) for v in np.flatnonzero(np.bincount(label_map.ravel())) if v != 0]
     if not present:
         raise LabelError(
             "The label map holds no vertebra; there is nothing to store as a segmentation."

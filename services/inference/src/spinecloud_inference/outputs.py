@@ -34,7 +34,12 @@ from scipy import ndimage
 
 from spinecloud_inference.dicom_seg import ModelRef, write_dicom_seg
 from spinecloud_shared import labels as scheme
-from spinecloud_shared.centroids import Centroids, centroids_from_labels, write_ctd_json
+from spinecloud_shared.centroids import (
+    Centroids,
+    centroids_from_labels,
+    voxel_centres,
+    write_ctd_json,
+)
 from spinecloud_shared.nifti import write_nifti
 from spinecloud_shared.volume import Volume
 
@@ -185,10 +190,12 @@ def _spine_path(labels_ras: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.intp]
     Without any label the views pass through the middle of the volume.
     """
     nx, ny, nz = labels_ras.shape
-    present = [int(v) for v in np.unique(labels_ras) if v != 0]
-    if not present:
+    # Centres inside each class's box: a whole-volume center_of_mass dominated the preview.
+    by_label = voxel_centres(labels_ras)
+    if not by_label:
         return np.full(nz, nx // 2, dtype=np.intp), np.full(nz, ny // 2, dtype=np.intp)
-    centres = np.asarray(ndimage.center_of_mass(labels_ras > 0, labels_ras, present))
+    present = sorted(by_label)
+    centres = np.asarray([by_label[i] for i in present])
     boxes = ndimage.find_objects(labels_ras)
     anterior = np.array([float(boxes[i - 1][1].stop - 1) for i in present])
     order = np.argsort(centres[:, 2])

@@ -224,7 +224,7 @@ def to_source_grid(
     resampled = resample_to_grid(
         canonical, ct.affine_ras, ct.shape, interpolation=Interpolation.NEAREST
     )
-    return ct.with_array(resampled.array.astype(np.uint8), kind="labels")
+    return ct.with_array(resampled.array.astype(np.uint8, copy=False), kind="labels")
 
 
 def summarise(
