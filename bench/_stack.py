@@ -73,6 +73,7 @@ __all__ = [
     "gateway_process",
     "header",
     "inference_worker",
+    "load",
     "make_token",
     "orthanc_server",
     "orthanc_study_id",
@@ -82,8 +83,11 @@ __all__ = [
     "push",
     "push_timed",
     "queue_depth",
+    "rss_mb",
     "storescu",
     "tiny_study",
+    "wait_until",
+    "workdir",
     "write_study",
 ]
 
