@@ -108,3 +108,17 @@ def test_unpaired_folders_are_refused(cases: dict[str, Path], tmp_path: Path) ->
     empty.mkdir()
     result = runner.invoke(app, ["evaluate", "--pred", str(empty), "--ref", str(cases["ref"])])
     assert result.exit_code == 2 and "do not pair up" in result.output
+
+
+def test_headline_scores_entry_point(cases: dict[str, Path]) -> None:
+    """The evaluator other services find through ``spinecloud.evaluators`` (name ``panel``)."""
+    from importlib.metadata import entry_points
+
+    (found,) = entry_points(group="spinecloud.evaluators", name="panel")
+    score = found.load()
+    perfect = score(cases["ref"], cases["ref"], "ref")
+    assert set(perfect["per_case"]) == {f"case{seed:02d}" for seed in range(6)}
+    assert all(value == 1.0 for value in perfect["per_case"].values())
+    assert perfect["extra"]["id_rate"] == 1.0
+    rough = score(cases["rough"], cases["ref"], "rough")
+    assert all(0.0 <= value < 1.0 for value in rough["per_case"].values())

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from spinecloud_metrics import labelling
@@ -189,3 +191,25 @@ def evaluate_folders(
 
 #: Per-class metric names, in report order (re-exported for callers building tables).
 METRICS = PANEL_METRICS
+
+
+def headline_scores(pred_dir: str | Path, ref_dir: str | Path, model: str) -> dict[str, Any]:
+    """What a training run reports before and after: mean Dice per case, HD95, identification.
+
+    Offered to other services through the ``spinecloud.evaluators`` entry point (name
+    ``panel``), so that training can use the panel when both are installed without importing
+    this package. Returns ``{"per_case": {case_id: mean Dice}, "extra": {"mean_hd95": ...,
+    "id_rate": ..., "d_mean": ...}}``; non-finite values are left out or None.
+    """
+    cases = evaluate_folders(pred_dir, ref_dir, model=model).cases
+    per_case = {
+        str(row["case_id"]): float(row["mean_dice"])
+        for _, row in cases.iterrows()
+        if np.isfinite(float(row["mean_dice"]))
+    }
+    extra: dict[str, float | None] = {}
+    for column in ("mean_hd95", "id_rate", "d_mean"):
+        if column in cases.columns:
+            value = float(cases[column].mean())
+            extra[column] = value if np.isfinite(value) else None
+    return {"per_case": per_case, "extra": extra}

@@ -18,23 +18,22 @@ The loop (``finetune``):
 4. **Before/after.** Parent and new model segment each ``val`` case on its own CT grid (RAS,
    model spacing, sliding window, nearest-neighbour back to the CT grid); predictions and
    references are written as NIfTI folders and scored by an ``Evaluator``. The default is the
-   metrics service's panel (``spinecloud_metrics.api``) when that package is installed beside
-   training, else a plain Dice. The headline is the mean over cases of the mean Dice over the
-   classes present in each reference; the new version is *not worse* when its headline is at
-   least the parent's minus ``margin`` (0.01) and *improved* when it is higher. Both numbers and
-   the verdict go into the new manifest's ``metrics.finetune``; registering or promoting it
-   is the registry's decision.
+   metrics service's panel (the ``spinecloud.evaluators`` entry point ``panel``) when that
+   package is installed beside training, else a plain Dice. The headline is the mean over
+   cases of the mean Dice over the classes present in each reference; the new version is *not
+   worse* when its headline is at least the parent's minus ``margin`` (0.01) and *improved*
+   when it is higher. Both numbers and the verdict go into the new manifest's
+   ``metrics.finetune``; registering or promoting it is the registry's decision.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Entry-point group through which an installed metrics service offers its evaluator.
+EVALUATOR_GROUP = "spinecloud.evaluators"
 
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
 
@@ -320,29 +322,23 @@ def _finite(value: Any) -> float | None:
 
 
 def metrics_panel_evaluator() -> Evaluator | None:
-    """The metrics service's panel (``spinecloud_metrics.api``), when installed; else None.
+    """The metrics service's panel, when installed beside training; else None.
 
-    An optional, in-process use of the metrics service's pure-Python API: the training image
-    may install ``spinecloud-metrics`` (it carries no torch); without it, ``dice_evaluator``.
+    Services never import each other: the metrics package offers ``headline_scores`` through
+    the ``spinecloud.evaluators`` entry point (name ``panel``), found here like the Celery
+    tasks and CLI commands are. The training image may install ``spinecloud-metrics`` (it
+    carries no torch); without it, ``dice_evaluator``.
     """
-    if importlib.util.find_spec("spinecloud_metrics") is None:
+    found = entry_points(group=EVALUATOR_GROUP, name="panel")
+    if not found:
         return None
-    api = importlib.import_module("spinecloud_metrics.api")
+    score = next(iter(found)).load()
 
     def evaluate(pred_dir: Path, ref_dir: Path, model: str) -> EvalScores:
-        cases = api.evaluate_folders(pred_dir, ref_dir, model=model).cases
-        per_case = {
-            str(row["case_id"]): float(row["mean_dice"])
-            for _, row in cases.iterrows()
-            if np.isfinite(float(row["mean_dice"]))
-        }
+        result = score(pred_dir, ref_dir, model)
+        per_case = {str(k): float(v) for k, v in result["per_case"].items()}
         mean = float(np.mean(list(per_case.values()))) if per_case else None
-        extra = {
-            column: _finite(cases[column].mean())
-            for column in ("mean_hd95", "id_rate", "d_mean")
-            if column in cases.columns
-        }
-        return EvalScores("spinecloud_metrics", mean, per_case, extra)
+        return EvalScores("spinecloud_metrics", mean, per_case, dict(result["extra"]))
 
     return evaluate
 
