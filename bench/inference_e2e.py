@@ -19,7 +19,8 @@ measurable), so one run gives the wall time, the stages and the peak memory:
 Platform overhead is the wall time minus the network forward calls, as a share of the wall
 time. Peak memory is the worker's RSS high-water mark (``ru_maxrss``). ``--plain`` also runs
 the unwrapped ``spinecloud segment`` command as a peer, to show the wrappers cost nothing.
-``--profile FILE`` writes a cProfile of the worker (the tool used to find the bottlenecks).
+``--profile FILE`` writes a cProfile of the worker (the tool used to find the bottlenecks);
+``--overlap F`` passes ``--overlap F`` to the command (default: the command's 0.5).
 
 Sizes: ``--shape X Y Z`` (default 128 x 128 x 75, a quick check); the recorded run uses
 ``--shape 512 512 300``. The field of view is always about 410 x 410 x 300 mm (spacing 0.8 x 0.8
@@ -153,14 +154,14 @@ def _instrument(timers: _Timers) -> None:
     monai_bundle.MonaiBundleBackend.predict = timers.wrap("forward", predict)  # type: ignore[method-assign]
 
 
-def worker(series: Path, out: Path, model: str, profile: Path | None) -> None:
+def worker(series: Path, out: Path, model: str, profile: Path | None, extra: list[str]) -> None:
     """Run ``spinecloud segment`` in this process with stage timers; print them as JSON."""
     from spinecloud_shared.cli.app import main as spinecloud
 
     timers = _Timers()
     _instrument(timers)
     sys.argv = ["spinecloud", "segment", str(series), "-o", str(out), "--device", "cpu"]
-    sys.argv += ["--model", model]
+    sys.argv += ["--model", model, *extra]
     profiler = None
     if profile is not None:
         import cProfile
@@ -241,11 +242,13 @@ def main() -> None:
     parser.add_argument("--series", type=Path, help="reuse (or create) this series folder")
     parser.add_argument("--plain", action="store_true", help="also run the unwrapped command")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the worker here")
+    parser.add_argument("--overlap", type=float, help="pass --overlap to spinecloud segment")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.out, args.model, args.profile)
+        extra = [] if args.overlap is None else ["--overlap", str(args.overlap)]
+        worker(args.worker, args.out, args.model, args.profile, extra)
         return
     shape = (args.shape[0], args.shape[1], args.shape[2])
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,6 +258,8 @@ def main() -> None:
             print(f"wrote a {shape} phantom CT series to {series} in {seconds:.1f} s")
         command = [sys.executable, __file__, "--worker", str(series), "--out", f"{tmp}/out"]
         command += ["--model", args.model]
+        if args.overlap is not None:
+            command += ["--overlap", str(args.overlap)]
         if args.profile:
             command += ["--profile", str(args.profile)]
         wall, cpu_s, stdout = _run(command)
@@ -270,6 +275,8 @@ def main() -> None:
             spinecloud = Path(sys.executable).parent / "spinecloud"
             plain_cmd = [str(spinecloud), "segment", str(series), "-o", f"{tmp}/plain"]
             plain_cmd += ["--device", "cpu", "--model", args.model]
+            if args.overlap is not None:
+                plain_cmd += ["--overlap", str(args.overlap)]
             plain_wall, plain_cpu, _ = _run(plain_cmd)
             print(
                 f"plain `spinecloud segment` (peer, no timers): {plain_wall:.1f} s wall, "
