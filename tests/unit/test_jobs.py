@@ -19,6 +19,7 @@ from spinecloud_shared.jobs import (
     JobFailure,
     RetryPolicy,
     failure_from_exception,
+    job_task,
     run_job,
 )
 from spinecloud_shared.task_names import EVALUATE, SEGMENT_SERIES, TRAIN, queue_for
@@ -156,3 +157,19 @@ def test_mark_keeps_timestamps_and_failure_fields_consistent() -> None:
     job.mark(JobStatus.RUNNING, now=t1)
     job.mark(JobStatus.SUCCEEDED, error_code="ignored", now=t1)
     assert (job.error_code, job.error_message, job.finished_at) == (None, None, t1)
+
+
+def test_job_task_gives_celery_the_policy_retry_limit() -> None:
+    """Celery's default limit (3) would re-raise before the policy's retries are spent."""
+    from celery import Celery
+
+    app = Celery("limits")
+    policy = RetryPolicy(max_retries=7)
+
+    def work(job_id: str) -> None:
+        return None
+
+    limited = job_task(app, "tests.limit", record=lambda *_: None, policy=policy)(work)
+    default = job_task(app, "tests.default", record=lambda *_: None)(work)
+    assert limited.max_retries == 7
+    assert default.max_retries == RetryPolicy().max_retries

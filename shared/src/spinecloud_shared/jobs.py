@@ -179,9 +179,12 @@ def job_task(
 
     The task is called with keyword arguments only, one of which (``job_id_arg``) identifies
     the job for ``record``. Transient failures become Celery retries (a new message, with a
-    countdown), so the worker is free in between.
+    countdown), so the worker is free in between. Celery's own retry limit is the policy's:
+    with ``max_retries=None`` Celery would fall back to its default of 3 and, past it, re-raise
+    the error instead of retrying, leaving the job RUNNING for ever.
     """
     retry_policy = policy or RetryPolicy()
+    task_options.setdefault("max_retries", retry_policy.max_retries)
 
     def decorator(fn: Callable[..., Any]) -> Task:
         @app.task(name=name, bind=True, **task_options)
@@ -197,7 +200,11 @@ def job_task(
                 policy=retry_policy,
             )
             if outcome.retry_in_s is not None:
-                raise self.retry(exc=outcome.error, countdown=outcome.retry_in_s, max_retries=None)
+                raise self.retry(
+                    exc=outcome.error,
+                    countdown=outcome.retry_in_s,
+                    max_retries=retry_policy.max_retries,
+                )
             return _task_result(outcome)
 
         return task

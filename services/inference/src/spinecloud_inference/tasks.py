@@ -56,16 +56,8 @@ def record_inference(job_id: str, status: JobStatus, failure: JobFailure | None)
 _POLICY = get_worker_settings().retry_policy()
 
 
-# Celery's own limit must follow the policy: ``Task.retry(max_retries=None)`` falls back to
-# the task's ``max_retries`` (Celery's default 3), and past it re-raises the error instead of
-# retrying, which would leave the job RUNNING for ever when the policy allows more retries.
-@job_task(
-    celery_app,
-    SEGMENT_SERIES,
-    record=record_inference,
-    policy=_POLICY,
-    max_retries=_POLICY.max_retries,
-)
+# job_task gives Celery the policy's retry limit too (see its docstring).
+@job_task(celery_app, SEGMENT_SERIES, record=record_inference, policy=_POLICY)
 def segment_series(job_id: str) -> dict[str, Any]:
     """Celery task ``SEGMENT_SERIES`` (queue ``inference``): see the module doc."""
     return run_segment_job(
