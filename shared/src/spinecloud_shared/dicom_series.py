@@ -493,7 +493,9 @@ def _decode(name: str, dataset: Dataset) -> npt.NDArray[Any]:
     except Exception as exc:  # every pixel handler raises its own types
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise CorruptFileError(
-            f"{name}: pixel data cannot be decoded (transfer syntax {syntax}): {exc}", file=name
+            f"{name}: pixel data cannot be decoded (transfer syntax {syntax}); the file is "
+            f"damaged or truncated. Decoder: {str(exc).rstrip('.')}.",
+            file=name,
         ) from exc
     if pixels.shape != (dataset.Rows, dataset.Columns):
         raise CorruptFileError(
