@@ -16,6 +16,8 @@ os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,7 @@ from spinecloud_training.nnunet.train import (
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 DATASET_ID = 501
 LEVELS = ("L4", "sacrum")
 ONE_EPOCH = TrainSettings(num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1)
@@ -96,11 +99,15 @@ def _source(seed: int, orientation: str = "RAS") -> CaseSource:
     return CaseSource(f"phantom-{seed}", load)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """Four phantoms (one in LPS), planned, preprocessed, trained 1 epoch of 2 iterations."""
+def train_tiny_model(work_dir: str) -> None:
+    """Four phantoms (one in LPS), planned, preprocessed, trained 1 epoch of 2 iterations.
+
+    Run by the ``trained`` fixture in a fresh interpreter: nnU-Net's process pools and data
+    augmentation workers, started from a pytest process that earlier tests left with
+    threads of their own (servers, asyncio portals), hung there; a clean process does not.
+    """
     torch.set_num_threads(2)
-    folders = NnUNetFolders(tmp_path_factory.mktemp("nnunet"))
+    folders = NnUNetFolders(Path(work_dir))
     ids = sorted({i for seed in range(4) for i in _phantom(seed).level_ids})
     sources = [_source(0), _source(1), _source(2, "LPS"), _source(3)]
     raw = write_raw_dataset(sources, folders.raw, dataset_id=DATASET_ID, canonical_ids=ids)
@@ -111,8 +118,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     zip_manifest = model_manifest(
         model_folder, name="tiny-nnunet", version="0.1", folds=["all"], root=folders.results
     )
-    zip_path = export_zip(folders, raw.name, folders.work_dir / "tiny.zip", zip_manifest)
-    return Trained(folders, raw.name, model_folder, zip_path)
+    export_zip(folders, raw.name, folders.work_dir / "tiny.zip", zip_manifest)
+    (folders.work_dir / "trained.json").write_text(
+        json.dumps({"dataset_name": raw.name, "model_folder": str(model_folder)})
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The tiny model of ``train_tiny_model``, trained in a child interpreter."""
+    work_dir = tmp_path_factory.mktemp("nnunet")
+    code = (
+        "import sys; from tests.unit.test_nnunet_backend import train_tiny_model; "
+        "train_tiny_model(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(work_dir)], cwd=REPO, check=True, timeout=900)
+    folders = NnUNetFolders(work_dir)
+    done = json.loads((work_dir / "trained.json").read_text())
+    return Trained(folders, done["dataset_name"], Path(done["model_folder"]), work_dir / "tiny.zip")
 
 
 def test_raw_dataset_has_consecutive_labels_in_ras(trained: Trained) -> None:
@@ -133,10 +156,11 @@ def test_raw_dataset_excludes_bad_cases(tmp_path: Path) -> None:
     phantom = _phantom(0)
     bad = phantom.labels.with_array(np.full(phantom.labels.shape, 99, dtype=np.uint8))
     sources = [_source(0), CaseSource("bad", lambda: (phantom.ct, bad))]
-    raw = write_raw_dataset(sources, tmp_path, dataset_id=7, canonical_ids=[23, 24])
+    ids = sorted(int(v) for v in np.unique(phantom.labels.array) if v)
+    raw = write_raw_dataset(sources, tmp_path, dataset_id=7, canonical_ids=ids)
     assert list(raw.cases.values()) == ["phantom-0"]
     assert [e.case_id for e in raw.excluded] == ["bad"]
-    assert raw.label_map == {0: 0, 1: 23, 2: 24}
+    assert raw.label_map == {0: 0, **{n: i for n, i in enumerate(ids, start=1)}}
 
 
 def test_nnunet_reads_training_files_as_the_backend_feeds_it(trained: Trained) -> None:

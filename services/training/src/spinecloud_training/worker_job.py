@@ -301,14 +301,16 @@ def _segresnet_payload(spec: JobSpec, work: Path, reporter: JobReporter) -> dict
     result = train_segresnet(
         request, progress=reporter.progress, should_cancel=reporter.should_cancel
     )
+    # A run cancelled before its first step in this session stopped where it resumed.
     first = reporter.first_iteration
+    resumed_from = (first - 1 if first else result.iteration) if resume else None
     return {
         "completed": result.completed,
         "details": {
             "backend": "segresnet",
             "iterations": result.iteration,
             "total_iterations": result.total_iterations,
-            "resumed_from_iteration": first - 1 if resume and first else None,
+            "resumed_from_iteration": resumed_from,
             "checkpoint": str(result.checkpoint),
         },
         "excluded": [vars(e) for e in result.excluded],
