@@ -32,6 +32,10 @@ class Evaluation(UUIDPrimaryKeyMixin, TimestampMixin, JobMixin, Base):
     #: Headline numbers (e.g. mean Dice, identification rate) once the job succeeded.
     summary: Mapped[dict[str, Any] | None]
     report_dir: Mapped[str | None] = mapped_column(Text)
+    #: The project whose members see it (NULL: unassigned, seen only by unscoped callers).
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="SET NULL"), index=True
+    )
 
     rows: Mapped[list[EvaluationRow]] = relationship(
         back_populates="evaluation",

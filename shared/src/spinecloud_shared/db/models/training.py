@@ -10,6 +10,9 @@ A ``RegisteredModel`` is one model version known to the platform: where its arte
 sha256 of its manifest, its state (``ModelState``: draft, validated, production, retired) and
 the history of its state changes (who and when). At most one version of a name is in
 production, which a partial unique index enforces in the database itself.
+
+Both carry ``project_id`` with the same meaning as on studies and inference jobs: the project
+whose members see the row; NULL means unassigned (only unscoped callers see it).
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class TrainingJob(UUIDPrimaryKeyMixin, TimestampMixin, JobMixin, Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str | None] = mapped_column(String(255))
+    #: The project that owns the run (NULL: unassigned, seen only by unscoped callers).
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="SET NULL"), index=True
+    )
 
 
 class RegisteredModel(UUIDPrimaryKeyMixin, TimestampMixin, Base):
@@ -107,3 +114,7 @@ class RegisteredModel(UUIDPrimaryKeyMixin, TimestampMixin, Base):
     retired_at: Mapped[datetime | None]
     #: Every state change: ``[{"state", "from", "by", "at", "reason"}]``, oldest first.
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    #: The project that owns the version (NULL: unassigned, seen only by unscoped callers).
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="SET NULL"), index=True
+    )
