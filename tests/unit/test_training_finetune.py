@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from spinecloud_inference import dicom_seg
 from spinecloud_shared import labels
+from spinecloud_shared.dicom_seg_read import segment_canonical_id
 from spinecloud_shared.dicom_series import read_dicom_series, read_series_datasets, to_dicom_grid
 from spinecloud_shared.dicom_write import write_ct_series
 from spinecloud_shared.errors import (
@@ -33,7 +34,6 @@ from spinecloud_training.corrections import (
     candidate_from_header,
     is_spinecloud_output,
     read_correction_seg,
-    segment_canonical_id,
     select_corrections,
 )
 from spinecloud_training.finetune import (

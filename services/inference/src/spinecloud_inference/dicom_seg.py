@@ -18,10 +18,8 @@ job writes the same UIDs and overwrites instead of duplicating.
 An empty label map (no vertebra at all) raises LabelError: DICOM-SEG cannot hold zero segments,
 and "no vertebra found" is a job failure the caller reports, not an empty object to store.
 
-The reader maps a SEG (ours, or a clinician's correction saved by a viewer or 3D Slicer) back
-onto the source grid through the source instances each frame references, and each segment back
-to a canonical id through its SNOMED-CT type code (the segment label decides for the transitional
-vertebrae T13 and L6, whose code is the generic "Vertebra").
+The reader (``read_dicom_seg``, re-exported here) lives in ``spinecloud_shared.dicom_seg_read``
+because training reads clinicians' corrections with the same rules.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -39,10 +36,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from spinecloud_shared import labels
+from spinecloud_shared.dicom_seg_read import read_dicom_seg
 from spinecloud_shared.dicom_series import (
     array_to_frames,
     dicom_plane_geometry,
-    frames_to_array,
     read_series_datasets,
 )
 from spinecloud_shared.dicom_uids import derive_uid
@@ -245,122 +242,3 @@ def write_dicom_seg(
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
     return path
-
-
-# --------------------------------------------------------------------------- reading
-
-_BY_SNOMED: dict[str, int] = {
-    v.snomed_code: v.id
-    for v in labels.VERTEBRAE
-    if v.snomed_code != labels.GENERIC_VERTEBRA_CODE[0]
-}
-
-
-def _canonical_id(description: Any) -> int:
-    """Canonical id of one segment from its SNOMED-CT type code (label for generic codes)."""
-    code = description.segmented_property_type
-    number = description.segment_number
-    if code.scheme_designator not in _SNOMED_SCHEMES:
-        raise LabelError(
-            f"Segment {number} ({description.segment_label!r}) is coded in "
-            f"{code.scheme_designator}, not SNOMED-CT.",
-            segment=number,
-        )
-    if code.value in _BY_SNOMED:
-        return _BY_SNOMED[code.value]
-    if code.value == labels.GENERIC_VERTEBRA_CODE[0]:
-        return labels.by_name(description.segment_label).id
-    raise LabelError(
-        f"Segment {number} ({description.segment_label!r}) has type {code.value} "
-        f"{code.meaning!r}, which is not a vertebra SpineCloud knows.",
-        segment=number,
-        code=code.value,
-    )
-
-
-def _segment_lookup(seg: hd.seg.Segmentation) -> npt.NDArray[np.uint8]:
-    """Segment number -> canonical id, as a lookup table indexed by segment number."""
-    numbers = list(seg.segment_numbers)
-    table = np.zeros(max(numbers) + 1, dtype=np.uint8)
-    for number in numbers:
-        table[number] = _canonical_id(seg.get_segment_description(number))
-    return table
-
-
-def _source_uids(source_volume: Volume) -> list[str]:
-    uids = source_volume.meta.get("sop_instance_uids")
-    if not uids or len(uids) != source_volume.shape[2]:
-        raise GeometryMismatchError(
-            "The source volume carries no SOP instance UIDs per slice; read it with "
-            "dicom_series.read_dicom_series."
-        )
-    return [str(u) for u in uids]
-
-
-def _check_references(seg: hd.seg.Segmentation, source_volume: Volume) -> list[str]:
-    """The source's instance UIDs in ``k`` order, after checking the SEG belongs to them."""
-    uids = _source_uids(source_volume)
-    source_for = str(source_volume.meta.get("frame_of_reference_uid", "") or "")
-    seg_for = str(seg.get("FrameOfReferenceUID", "") or "")
-    if source_for and seg_for and source_for != seg_for:
-        raise GeometryMismatchError(
-            "The segmentation lies in another frame of reference than the source series."
-        )
-    referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
-    foreign = referenced - set(uids)
-    if not referenced or foreign:
-        raise GeometryMismatchError(
-            f"The segmentation references {len(foreign)} instance(s) that are not in the source "
-            f"series (and {len(referenced)} in all); it was made on other images."
-        )
-    n_cols, n_rows, _ = source_volume.shape
-    if (int(seg.Rows), int(seg.Columns)) != (n_rows, n_cols):
-        raise GeometryMismatchError(
-            f"The segmentation's frames are {seg.Rows}x{seg.Columns}, the source images "
-            f"{n_rows}x{n_cols}."
-        )
-    return uids
-
-
-def _as_segmentation(seg: hd.seg.Segmentation | Dataset | str | Path) -> hd.seg.Segmentation:
-    if isinstance(seg, hd.seg.Segmentation):
-        return seg
-    if isinstance(seg, Dataset):
-        return hd.seg.Segmentation.from_dataset(seg)
-    return hd.seg.segread(seg)
-
-
-def read_dicom_seg(
-    seg_dataset: hd.seg.Segmentation | Dataset | str | Path,
-    source_volume: Volume,
-) -> Volume:
-    """A DICOM-SEG as a canonical label map (uint8) on the source series' DICOM grid.
-
-    ``source_volume`` is the source series as ``read_dicom_series`` returns it (its ``meta``
-    gives the SOP instance UIDs in ``k`` order). Frames are placed through the source instances
-    they reference. Raises GeometryMismatchError when the SEG references other images or
-    another frame of reference, and LabelError when a segment is not a known vertebra or
-    segments overlap (a voxel cannot belong to two vertebrae).
-    """
-    seg = _as_segmentation(seg_dataset)
-    uids = _check_references(seg, source_volume)
-    lookup = _segment_lookup(seg)
-    try:
-        numbers = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids,
-            combine_segments=True,
-            relabel=False,
-            assert_missing_frames_are_empty=True,
-            dtype=np.uint16,
-        )
-    except RuntimeError as exc:
-        raise LabelError(
-            f"The segmentation's segments overlap; a voxel cannot be two vertebrae ({exc})."
-        ) from exc
-    array = frames_to_array(lookup[numbers])
-    return source_volume.with_array(
-        array,
-        source="dicom-seg",
-        seg_series_instance_uid=str(seg.SeriesInstanceUID),
-        seg_sop_instance_uid=str(seg.SOPInstanceUID),
-    )

@@ -20,10 +20,10 @@ from typing import Any
 
 from spinecloud_inference.worker_job import run_segment_job
 from spinecloud_inference.worker_settings import configure_nnunet_environment, get_worker_settings
-from spinecloud_shared.db.models import InferenceJob, JobStatus
+from spinecloud_shared.db.job_status import row_recorder
+from spinecloud_shared.db.models import InferenceJob
 from spinecloud_shared.db.session import session_scope
-from spinecloud_shared.errors import NotFoundError
-from spinecloud_shared.jobs import JobFailure, job_task
+from spinecloud_shared.jobs import job_task
 from spinecloud_shared.orthanc.client import OrthancClient
 from spinecloud_shared.queue import celery_app
 from spinecloud_shared.task_names import SEGMENT_SERIES
@@ -32,26 +32,7 @@ __all__ = ["record_inference", "segment_series"]
 
 configure_nnunet_environment()
 
-#: A job in one of these states keeps it: a redelivered message does not reopen it.
-_KEPT = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
-
-
-def record_inference(job_id: str, status: JobStatus, failure: JobFailure | None) -> None:
-    """Status recorder: RUNNING counts an attempt; succeeded/cancelled jobs stay as they are."""
-    with session_scope() as session:
-        job = session.get(InferenceJob, job_id)
-        if job is None:
-            raise NotFoundError(f"Inference job {job_id} does not exist.")
-        if job.status in _KEPT:
-            return
-        if status is JobStatus.RUNNING:
-            job.attempts = (job.attempts or 0) + 1
-        job.mark(
-            status,
-            error_code=failure.code if failure else None,
-            error_message=failure.message if failure else None,
-        )
-
+record_inference = row_recorder(InferenceJob, "Inference job")
 
 _POLICY = get_worker_settings().retry_policy()
 

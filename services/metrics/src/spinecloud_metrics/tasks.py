@@ -26,10 +26,11 @@ from spinecloud_metrics.aggregate import AggregationConfig, CiMethod, NanPolicy
 from spinecloud_metrics.api import Options, evaluate_folders
 from spinecloud_metrics.panel import PanelConfig, SurfaceMode
 from spinecloud_metrics.report import ReportData, records, write_csv, write_json
-from spinecloud_shared.db.models import Evaluation, EvaluationRow, JobStatus
+from spinecloud_shared.db.job_status import row_recorder
+from spinecloud_shared.db.models import Evaluation, EvaluationRow
 from spinecloud_shared.db.session import session_scope
 from spinecloud_shared.errors import InvalidInputError, NotFoundError
-from spinecloud_shared.jobs import JobFailure, job_task
+from spinecloud_shared.jobs import job_task
 from spinecloud_shared.queue import celery_app
 from spinecloud_shared.task_names import EVALUATE
 
@@ -37,17 +38,8 @@ from spinecloud_shared.task_names import EVALUATE
 STORED_TABLES: tuple[str, ...] = ("per_class", "per_region", "per_case", "overall")
 
 
-def record_evaluation(job_id: str, status: JobStatus, failure: JobFailure | None) -> None:
-    """Status recorder: the job's status on its evaluation row, in its own transaction."""
-    with session_scope() as session:
-        evaluation = session.get(Evaluation, job_id)
-        if evaluation is None:
-            raise NotFoundError(f"Evaluation {job_id} does not exist.")
-        evaluation.mark(
-            status,
-            error_code=failure.code if failure else None,
-            error_message=failure.message if failure else None,
-        )
+#: A redelivered evaluation is computed again (its rows are replaced), whatever its state.
+record_evaluation = row_recorder(Evaluation, "Evaluation", kept=())
 
 
 def options_from_params(params: dict[str, Any]) -> tuple[Options, AggregationConfig]:

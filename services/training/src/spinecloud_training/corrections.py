@@ -29,7 +29,8 @@ are *excluded* with the error's code and sentence, and the run goes on:
 ``SegmentedPropertyTypeCodeSequence`` (scheme ``SCT``, or the retired ``SRT``), with the codes
 of ``spinecloud_shared.labels``. The generic "Vertebra" code (51282000), which T13 and L6 carry
 and some tools write for every level, is resolved by the segment label (``L3``, ``T13``,
-``vertebrae_L3``...). Anything else is refused rather than guessed.
+``vertebrae_L3``...). Anything else is refused rather than guessed. These reading rules are
+``spinecloud_shared.dicom_seg_read``'s, shared with the inference service.
 
 **The dataset.** Usable cases are written in the TotalSegmentator layout
 (``spinecloud_shared.layouts.totalsegmentator``: ``sNNNN/ct.nii.gz`` and one mask per structure,
@@ -52,19 +53,17 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import httpx
 import numpy as np
-import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from spinecloud_shared import labels
-from spinecloud_shared.dicom_series import frames_to_array, read_dicom_series
+from spinecloud_shared.dicom_seg_read import read_dicom_seg
+from spinecloud_shared.dicom_series import read_dicom_series
 from spinecloud_shared.errors import (
     DicomInputError,
-    GeometryMismatchError,
     LabelError,
     NotFoundError,
     SpineCloudError,
@@ -88,7 +87,6 @@ __all__ = [
     "find_seg_candidates",
     "is_spinecloud_output",
     "read_correction_seg",
-    "segment_canonical_id",
     "select_corrections",
     "uid_digest",
 ]
@@ -98,15 +96,7 @@ logger = logging.getLogger(__name__)
 #: Device identity of SpineCloud's AI SEGs (``spinecloud_inference.dicom_seg``).
 AI_MANUFACTURER = "SpineCloud"
 AI_MODEL_NAME = "spinecloud-inference"
-#: Coding schemes accepted for SNOMED-CT codes (SRT is the retired designator).
-SNOMED_SCHEMES = frozenset({"SCT", "SRT"})
 MANIFEST_FILE = "corrections.json"
-_BY_SNOMED: dict[str, int] = {
-    v.snomed_code: v.id
-    for v in labels.VERTEBRAE
-    if v.snomed_code != labels.GENERIC_VERTEBRA_CODE[0]
-}
-_STRUCTURE_PREFIX = "vertebrae_"
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -210,121 +200,20 @@ def assign_splits(keys: Sequence[str], *, val_fraction: float, seed: int = 0) ->
     return {key: ("val" if i < n_val else "train") for i, key in enumerate(order)}
 
 
-# --------------------------------------------------------------------------- segment codes
-
-
-def segment_canonical_id(code_value: str, scheme: str, segment_label: str) -> int:
-    """Canonical vertebra id of a segment from its SNOMED-CT property type code.
-
-    The generic "Vertebra" code is resolved by the label (``'T13'``, ``'L3'``,
-    ``'vertebrae_L3'``). LabelError for other schemes, unknown codes and unresolvable labels.
-    """
-    if scheme.strip().upper() not in SNOMED_SCHEMES:
-        raise LabelError(
-            f"segment {segment_label!r} is coded in {scheme}, not SNOMED-CT.", code=code_value
-        )
-    value = code_value.strip()
-    if value in _BY_SNOMED:
-        return _BY_SNOMED[value]
-    if value == labels.GENERIC_VERTEBRA_CODE[0]:
-        name = segment_label.strip()
-        if name.lower().startswith(_STRUCTURE_PREFIX):
-            name = name[len(_STRUCTURE_PREFIX) :]
-        try:
-            return labels.by_name(name).id
-        except LabelError:
-            raise LabelError(
-                f"segment {segment_label!r} has the generic code 'Vertebra' and a label that "
-                "names no level.",
-                code=value,
-            ) from None
-    raise LabelError(
-        f"segment {segment_label!r} has type code {value}, which is not a vertebra SpineCloud "
-        "knows.",
-        code=value,
-    )
-
-
-def _segment_lookup(seg: hd.seg.Segmentation) -> npt.NDArray[np.uint8]:
-    """Segment number -> canonical id, as a table indexed by segment number."""
-    numbers = [int(n) for n in seg.segment_numbers]
-    table = np.zeros(max(numbers) + 1, dtype=np.uint8)
-    for number in numbers:
-        description = seg.get_segment_description(number)
-        code = description.segmented_property_type
-        table[number] = segment_canonical_id(
-            str(code.value), str(code.scheme_designator), str(description.segment_label)
-        )
-    return table
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def _as_segmentation(dataset: Dataset) -> hd.seg.Segmentation:
-    try:
-        return hd.seg.Segmentation.from_dataset(dataset, copy=False)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise DicomInputError(f"not a readable DICOM-SEG ({exc}).") from exc
-
-
-def _check_on_ct_grid(seg: hd.seg.Segmentation, ct: Volume) -> list[str]:
-    """The CT's SOP instance UIDs in ``k`` order, after checking the SEG lies on its grid."""
-    uids = [str(u) for u in ct.meta.get("sop_instance_uids", [])]
-    if len(uids) != ct.shape[2]:
-        raise GeometryMismatchError("the CT was not read with its per-slice instance UIDs.")
-    ct_for = str(ct.meta.get("frame_of_reference_uid", "") or "")
-    seg_for = str(seg.get("FrameOfReferenceUID", "") or "")
-    if ct_for and seg_for and ct_for != seg_for:
-        raise GeometryMismatchError(
-            "the segmentation lies in another frame of reference than its CT."
-        )
-    referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
-    foreign = referenced - set(uids)
-    if not referenced or foreign:
-        raise GeometryMismatchError(
-            f"the segmentation's frames reference {len(foreign)} image(s) that are not slices "
-            f"of its CT series (of {len(referenced)}); it was drawn on other images."
-        )
-    n_cols, n_rows, _ = ct.shape
-    if (int(seg.Rows), int(seg.Columns)) != (n_rows, n_cols):
-        raise GeometryMismatchError(
-            f"the segmentation's frames are {seg.Rows}x{seg.Columns}, the CT's slices "
-            f"{n_rows}x{n_cols}."
-        )
-    return uids
 
 
 def read_correction_seg(dataset: Dataset, ct: Volume) -> Volume:
     """A correction SEG as a canonical label map (uint8) on its CT's DICOM grid.
 
     ``ct`` is the CT series as ``read_dicom_series`` returns it (per-slice instance UIDs in
-    ``meta``). Frames are placed through the CT instances they reference. Raises
-    GeometryMismatchError, LabelError or DicomInputError (see the module docstring).
+    ``meta``). The reading rules are ``spinecloud_shared.dicom_seg_read``'s; a correction must
+    also hold at least one vertebra (LabelError otherwise).
     """
-    seg = _as_segmentation(dataset)
-    uids = _check_on_ct_grid(seg, ct)
-    lookup = _segment_lookup(seg)
-    try:
-        numbers = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids,
-            combine_segments=True,
-            relabel=False,
-            assert_missing_frames_are_empty=True,
-            dtype=np.uint16,
-        )
-    except RuntimeError as exc:
-        raise LabelError(
-            f"the segmentation's segments overlap; a voxel cannot be two vertebrae ({exc})."
-        ) from exc
-    except (KeyError, ValueError) as exc:
-        raise GeometryMismatchError(
-            f"the segmentation's frames cannot be placed on the CT's slices ({exc})."
-        ) from exc
-    array = frames_to_array(lookup[numbers])
-    if not np.any(array):
-        raise LabelError("the segmentation holds no vertebra.")
-    return ct.with_array(array, source="correction-seg")
+    label_map = read_dicom_seg(dataset, ct)
+    if not np.any(label_map.array):
+        raise LabelError("The segmentation holds no vertebra.")
+    return label_map.with_array(label_map.array, source="correction-seg")
 
 
 # --------------------------------------------------------------------------- Orthanc

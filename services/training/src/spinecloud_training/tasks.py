@@ -14,35 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from spinecloud_shared.db.models import JobStatus, TrainingJob
-from spinecloud_shared.db.session import session_scope
-from spinecloud_shared.errors import NotFoundError
-from spinecloud_shared.jobs import JobFailure, RetryPolicy, job_task
+from spinecloud_shared.db.job_status import row_recorder
+from spinecloud_shared.db.models import TrainingJob
+from spinecloud_shared.jobs import RetryPolicy, job_task
 from spinecloud_shared.queue import celery_app
 from spinecloud_shared.task_names import TRAIN
 from spinecloud_training.worker_job import run_training_job
 
 __all__ = ["record_training", "train"]
 
-#: A job in one of these states keeps it: a redelivered message does not reopen it.
-_KEPT = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
-
-
-def record_training(job_id: str, status: JobStatus, failure: JobFailure | None) -> None:
-    """Status recorder: RUNNING counts an attempt; succeeded/cancelled jobs stay as they are."""
-    with session_scope() as session:
-        job = session.get(TrainingJob, job_id)
-        if job is None:
-            raise NotFoundError(f"Training job {job_id} does not exist.")
-        if job.status in _KEPT:
-            return
-        if status is JobStatus.RUNNING:
-            job.attempts = (job.attempts or 0) + 1
-        job.mark(
-            status,
-            error_code=failure.code if failure else None,
-            error_message=failure.message if failure else None,
-        )
+record_training = row_recorder(TrainingJob, "Training job")
 
 
 @job_task(celery_app, TRAIN, record=record_training, policy=RetryPolicy(max_retries=3))
