@@ -28,6 +28,14 @@ from tests.integration.test_gateway_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+#: Operations of the models, trainings and evaluations routers that the run must reach.
+NEW_PATHS = {
+    "/api/v1/models/{model_id}/promote",
+    "/api/v1/trainings/{training_id}/retry",
+    "/api/v1/evaluations/{evaluation_id}/tables/{table}.csv",
+    "/api/v1/evaluations/{evaluation_id}/report",
+}
+
 
 @pytest.fixture(scope="module")
 def gateway_db(postgres_databases: PostgresDatabases) -> str:
@@ -41,8 +49,14 @@ def admin_token(gateway_db: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def api_schema(gateway_db: str, _redis_test_db: str, orthanc: LocalOrthanc) -> BaseSchema:
-    app = create_app(gateway_settings(gateway_db, _redis_test_db, orthanc))
+def api_schema(
+    gateway_db: str,
+    _redis_test_db: str,
+    orthanc: LocalOrthanc,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BaseSchema:
+    site = tmp_path_factory.mktemp("site")  # model and evaluation paths must lie in it
+    app = create_app(gateway_settings(gateway_db, _redis_test_db, orthanc, data_dir=site))
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -53,6 +67,8 @@ def test_no_server_errors(api_schema: BaseSchema, admin_token: str) -> None:
     """
     operations = [result.ok() for result in api_schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 9
+    paths = {operation.path for operation in operations}
+    assert paths >= NEW_PATHS, NEW_PATHS - paths
     for operation, mode in itertools.product(operations, GenerationMode):
 
         @given(case=operation.as_strategy(generation_mode=mode))

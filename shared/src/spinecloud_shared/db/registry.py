@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from spinecloud_shared.db.base import utcnow
 from spinecloud_shared.db.models.common import JobStatus
 from spinecloud_shared.db.models.evaluation import Evaluation
-from spinecloud_shared.db.models.training import RegisteredModel
+from spinecloud_shared.db.models.training import RegisteredModel, TrainingJob
 from spinecloud_shared.errors import InvalidInputError, NotFoundError, SpineCloudError
 from spinecloud_shared.models.manifest import (
     MANIFEST_FILE,
@@ -121,10 +121,12 @@ def register_model(
     training_job_id: str | None = None,
     evaluation_id: str | None = None,
     metrics: Mapping[str, Any] | None = None,
+    project_id: str | None = None,
 ) -> RegisteredModel:
     """Register the artefact in ``folder`` (manifest and weights verified) as a draft.
 
-    ``metrics`` are merged over the manifest's own. Idempotent for the same folder.
+    ``metrics`` are merged over the manifest's own. Idempotent for the same folder. The
+    version belongs to ``project_id``, or, when none is given, to its training job's project.
     """
     folder = Path(folder).resolve()
     manifest = read_manifest(folder, verify=True)
@@ -141,6 +143,9 @@ def register_model(
                 model=manifest.ref,
             )
         return existing
+    if project_id is None and training_job_id is not None:
+        job = session.get(TrainingJob, training_job_id)
+        project_id = job.project_id if job is not None else None
     now = utcnow()
     model = RegisteredModel(
         name=manifest.name,
@@ -156,6 +161,7 @@ def register_model(
         evaluation_id=evaluation_id,
         registered_by=registered_by,
         history=[_event(ModelState.DRAFT, None, registered_by, now, "registered")],
+        project_id=project_id,
     )
     session.add(model)
     session.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
 from sqlalchemy.orm import Session
 
 from spinecloud_shared.db.models import JobStatus, TrainingJob
@@ -33,8 +34,14 @@ def create_training_job(
     params: dict[str, Any] | None = None,
     created_by: str | None = None,
     enqueue: bool = True,
+    project_id: str | None = None,
+    celery: Celery | None = None,
 ) -> TrainingJob:
-    """A queued training job, enqueued on the ``training`` queue once the session commits."""
+    """A queued training job, enqueued on the ``training`` queue once the session commits.
+
+    ``project_id`` scopes it (None: unassigned); ``celery`` is the application that sends the
+    message (default: the one configured from the environment).
+    """
     if backend not in BACKENDS:
         raise InvalidInputError(f"Unknown training backend {backend!r}; choose one of {BACKENDS}.")
     job = TrainingJob(
@@ -45,11 +52,12 @@ def create_training_job(
         preset=preset,
         params=dict(params or {}),
         created_by=created_by,
+        project_id=project_id,
     )
     session.add(job)
     session.flush()
     if enqueue:
-        enqueue_after_commit(session, TRAIN, {"job_id": job.id})
+        enqueue_after_commit(session, TRAIN, {"job_id": job.id}, app=celery)
     return job
 
 
@@ -72,8 +80,13 @@ def request_cancel(session: Session, job_id: str) -> TrainingJob:
     return job
 
 
-def requeue(session: Session, job_id: str, *, enqueue: bool = True) -> TrainingJob:
-    """Queue a cancelled or failed job again; it resumes from its last checkpoint."""
+def requeue(
+    session: Session, job_id: str, *, enqueue: bool = True, celery: Celery | None = None
+) -> TrainingJob:
+    """Queue a cancelled or failed job again; it resumes from its last checkpoint.
+
+    ``celery`` is the application that sends the message (default: the environment's).
+    """
     job = _get(session, job_id)
     if job.status not in (JobStatus.CANCELLED, JobStatus.FAILED):
         raise InvalidInputError(
@@ -84,5 +97,5 @@ def requeue(session: Session, job_id: str, *, enqueue: bool = True) -> TrainingJ
     job.cancel_requested = False
     session.flush()
     if enqueue:
-        enqueue_after_commit(session, TRAIN, {"job_id": job.id})
+        enqueue_after_commit(session, TRAIN, {"job_id": job.id}, app=celery)
     return job

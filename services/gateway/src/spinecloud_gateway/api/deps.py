@@ -27,6 +27,7 @@ __all__ = [
     "Client",
     "CurrentPrincipal",
     "ReaderPrincipal",
+    "ResearcherPrincipal",
     "ServicePrincipal",
     "SessionDep",
     "StateDep",
@@ -88,6 +89,8 @@ def _role_dependency(*roles: Role) -> object:
 AdminPrincipal = Annotated[Principal, _role_dependency(Role.ADMIN)]
 ServicePrincipal = Annotated[Principal, _role_dependency(Role.SERVICE, Role.ADMIN)]
 ReaderPrincipal = Annotated[Principal, _role_dependency(*HUMAN_ROLES)]
+#: Training, evaluating, registering and promoting models: researchers and admins.
+ResearcherPrincipal = Annotated[Principal, _role_dependency(Role.RESEARCHER, Role.ADMIN)]
 
 
 def get_client(request: Request) -> ClientInfo:

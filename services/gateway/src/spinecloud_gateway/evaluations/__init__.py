@@ -1,0 +1,1 @@
+"""Evaluations through the API: start, list, read, and the metrics service's tables and report."""
