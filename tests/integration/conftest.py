@@ -37,6 +37,20 @@ def orthanc_client(orthanc: LocalOrthanc) -> OrthancClient:
     return OrthancClient(orthanc.url, orthanc.username, orthanc.password)
 
 
+@pytest.fixture(scope="module")
+def private_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    """An Orthanc of the test module's own, for modules that count or break what is stored."""
+    require_tool("Orthanc")
+    with LocalOrthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture()
+def private_client(private_orthanc: LocalOrthanc) -> OrthancClient:
+    """A REST client for the module's own Orthanc."""
+    return OrthancClient(private_orthanc.url, private_orthanc.username, private_orthanc.password)
+
+
 @pytest.fixture()
 def storescu() -> str:
     """The dcmtk C-STORE client."""

@@ -346,27 +346,9 @@ class FaultProxy:
 
 
 @pytest.fixture(scope="module")
-def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
-    """A private Orthanc that replaces an instance stored again with the same UID."""
-    require_tool("Orthanc")
-    server = LocalOrthanc(
-        tmp_path_factory.mktemp("orthanc"), extra_config={"OverwriteInstances": True}
-    )
-    with server:
-        yield server
-
-
-@pytest.fixture()
-def client(orthanc_server: LocalOrthanc) -> OrthancClient:
-    """Direct REST client of the Orthanc (not through the proxy)."""
-    o = orthanc_server
-    return OrthancClient(o.url, o.username, o.password)
-
-
-@pytest.fixture(scope="module")
-def proxy(orthanc_server: LocalOrthanc) -> Iterator[FaultProxy]:
+def proxy(private_orthanc: LocalOrthanc) -> Iterator[FaultProxy]:
     """The fault-injecting proxy the worker uses as its Orthanc."""
-    with FaultProxy(orthanc_server.url) as server:
+    with FaultProxy(private_orthanc.url) as server:
         yield server
 
 
@@ -415,7 +397,7 @@ class Worker:
 def worker(
     models: Models,
     proxy: FaultProxy,
-    orthanc_server: LocalOrthanc,
+    private_orthanc: LocalOrthanc,
     module_redis_url: str,
     postgres_url: str,
     tmp_path_factory: pytest.TempPathFactory,
@@ -433,8 +415,8 @@ def worker(
         SPINECLOUD_DATA_DIR=str(models.data_dir),
         SPINECLOUD_ARTIFACT_DIR=str(logs / "artifacts"),
         SPINECLOUD_ORTHANC_URL=proxy.url,
-        SPINECLOUD_ORTHANC_USERNAME=orthanc_server.username,
-        SPINECLOUD_ORTHANC_PASSWORD=orthanc_server.password,
+        SPINECLOUD_ORTHANC_USERNAME=private_orthanc.username,
+        SPINECLOUD_ORTHANC_PASSWORD=private_orthanc.password,
         SPINECLOUD_INFERENCE_RETRY_MAX=str(RETRY_MAX),
         SPINECLOUD_INFERENCE_RETRY_BASE_S=str(RETRY_BASE_S),
         SPINECLOUD_INFERENCE_NNUNET_PROCESSES="1",
@@ -565,22 +547,22 @@ def test_both_backends_serve_through_one_worker_as_the_pipeline_does(
     worker: Worker,
     healthy_proxy: FaultProxy,
     models: Models,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
     dciodvfy = require_tool("dciodvfy")
-    folder = _push(client, _phantom(21, "LPS").ct, tmp_path / "ct", "models-lps")
+    folder = _push(private_client, _phantom(21, "LPS").ct, tmp_path / "ct", "models-lps")
     source = read_dicom_series(folder)
     direct: dict[str, Volume] = {}
     seg_ids: list[str] = []
     # The zip artefact must serve exactly what the folder model serves: its SEG is compared
     # with the folder model's direct result.
     for model, served_as in ((SEGRESNET, SEGRESNET), (NNUNET, NNUNET), (NNUNET_ZIP, NNUNET)):
-        job = _run(postgres_url, worker, _create_job(postgres_url, client, folder, model))
+        job = _run(postgres_url, worker, _create_job(postgres_url, private_client, folder, model))
         assert job.status is JobStatus.SUCCEEDED, (model, job.error_code, job.error_message)
         seg_id = job.outputs["seg_orthanc_id"]
-        seg_bytes = client.instance_file(seg_id)
+        seg_bytes = private_client.instance_file(seg_id)
         seg_path = tmp_path / f"{model[0]}.dcm"
         seg_path.write_bytes(seg_bytes)
         report = subprocess.run(
@@ -603,7 +585,7 @@ def test_both_backends_serve_through_one_worker_as_the_pipeline_does(
         assert job.attempts == 1 and job.outputs["seg_sop_instance_uid"] == seg.SOPInstanceUID
         seg_ids.append(seg_id)
     # Three model keys, three SEGs in the study.
-    assert sorted(_seg_instances(client, job.study_instance_uid)) == sorted(seg_ids)
+    assert sorted(_seg_instances(private_client, job.study_instance_uid)) == sorted(seg_ids)
     assert len(set(seg_ids)) == 3
     worker.assert_alive()
 
@@ -638,13 +620,13 @@ def test_unsuitable_series_fail_with_their_code(
     code: str,
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    folder = _push(client, change(_phantom(22).ct), tmp_path / case, f"bad-{case}")
-    job = _run(postgres_url, worker, _create_job(postgres_url, client, folder, SEGRESNET))
-    _assert_failed(job, code, client)
+    folder = _push(private_client, change(_phantom(22).ct), tmp_path / case, f"bad-{case}")
+    job = _run(postgres_url, worker, _create_job(postgres_url, private_client, folder, SEGRESNET))
+    _assert_failed(job, code, private_client)
     assert job.attempts == 1
     worker.assert_alive()
 
@@ -652,7 +634,7 @@ def test_unsuitable_series_fail_with_their_code(
 def test_corrupt_instance_fails_and_the_worker_takes_the_next_job(
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
@@ -661,25 +643,25 @@ def test_corrupt_instance_fails_and_the_worker_takes_the_next_job(
     broken = pydicom.dcmread(paths[len(paths) // 2])
     broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
     broken.save_as(paths[len(paths) // 2])
-    client.store_many(path.read_bytes() for path in paths)
-    job = _run(postgres_url, worker, _create_job(postgres_url, client, folder, SEGRESNET))
-    _assert_failed(job, CorruptFileError.code, client)
+    private_client.store_many(path.read_bytes() for path in paths)
+    job = _run(postgres_url, worker, _create_job(postgres_url, private_client, folder, SEGRESNET))
+    _assert_failed(job, CorruptFileError.code, private_client)
     assert "pixel data" in (job.error_message or "")
     worker.assert_alive()
-    _segment_good_series(postgres_url, worker, client, tmp_path / "next", "after-corrupt")
+    _segment_good_series(postgres_url, worker, private_client, tmp_path / "next", "after-corrupt")
     worker.assert_alive()
 
 
 def test_model_whose_labels_are_not_vertebrae_fails(
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    folder = _push(client, _phantom(24).ct, tmp_path / "ct", "organs-model")
-    job = _run(postgres_url, worker, _create_job(postgres_url, client, folder, ORGANS))
-    _assert_failed(job, ModelLabelError.code, client)
+    folder = _push(private_client, _phantom(24).ct, tmp_path / "ct", "organs-model")
+    job = _run(postgres_url, worker, _create_job(postgres_url, private_client, folder, ORGANS))
+    _assert_failed(job, ModelLabelError.code, private_client)
     assert "no output channel maps to a vertebra" in (job.error_message or "")
     worker.assert_alive()
 
@@ -696,16 +678,16 @@ def _retry_delays(worker: Worker) -> list[float]:
 def test_orthanc_500_is_retried_with_backoff_then_fails(
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    folder = _push(client, _phantom(25).ct, tmp_path / "ct", "orthanc-500")
-    job_id = _create_job(postgres_url, client, folder, SEGRESNET)
+    folder = _push(private_client, _phantom(25).ct, tmp_path / "ct", "orthanc-500")
+    job_id = _create_job(postgres_url, private_client, folder, SEGRESNET)
     before = len(_retry_delays(worker))
     healthy_proxy.mode = ProxyMode.ERROR
     job = _run(postgres_url, worker, job_id)
-    _assert_failed(job, UpstreamError.code, client)
+    _assert_failed(job, UpstreamError.code, private_client)
     assert "500" in (job.error_message or "")
     assert job.attempts == RETRY_MAX + 1
     delays = _retry_delays(worker)[before:]
@@ -716,33 +698,35 @@ def test_orthanc_500_is_retried_with_backoff_then_fails(
 def test_failed_store_leaves_no_seg_and_a_rerun_stores_one(
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    folder = _push(client, _phantom(26).ct, tmp_path / "ct", "store-500")
-    job_id = _create_job(postgres_url, client, folder, SEGRESNET)
+    folder = _push(private_client, _phantom(26).ct, tmp_path / "ct", "store-500")
+    job_id = _create_job(postgres_url, private_client, folder, SEGRESNET)
     healthy_proxy.mode = ProxyMode.STORE_ERROR
     job = _run(postgres_url, worker, job_id)
-    _assert_failed(job, UpstreamError.code, client)
+    _assert_failed(job, UpstreamError.code, private_client)
     assert job.attempts == RETRY_MAX + 1
     healthy_proxy.mode = ProxyMode.PASS
     _requeue(postgres_url, job_id)
     again = _run(postgres_url, worker, job_id)
     assert again.status is JobStatus.SUCCEEDED, again.error_message
-    assert _seg_instances(client, again.study_instance_uid) == [again.outputs["seg_orthanc_id"]]
+    assert _seg_instances(private_client, again.study_instance_uid) == [
+        again.outputs["seg_orthanc_id"]
+    ]
     worker.assert_alive()
 
 
 def test_refused_connection_is_retried_until_orthanc_is_back(
     worker: Worker,
     healthy_proxy: FaultProxy,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    folder = _push(client, _phantom(27).ct, tmp_path / "ct", "orthanc-down")
-    job_id = _create_job(postgres_url, client, folder, SEGRESNET)
+    folder = _push(private_client, _phantom(27).ct, tmp_path / "ct", "orthanc-down")
+    job_id = _create_job(postgres_url, private_client, folder, SEGRESNET)
     healthy_proxy.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(healthy_proxy.url)
@@ -753,5 +737,5 @@ def test_refused_connection_is_retried_until_orthanc_is_back(
     job: InferenceJob = wait_for(lambda: _finished(postgres_url, job_id), timeout_s=TIMEOUT_S)
     assert job.status is JobStatus.SUCCEEDED, (job.error_code, job.error_message)
     assert job.attempts >= 2
-    assert _seg_instances(client, job.study_instance_uid) == [job.outputs["seg_orthanc_id"]]
+    assert _seg_instances(private_client, job.study_instance_uid) == [job.outputs["seg_orthanc_id"]]
     worker.assert_alive()

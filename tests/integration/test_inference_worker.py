@@ -9,7 +9,7 @@ with ``OverwriteInstances``), and a non-CT series fails with its code while the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from spinecloud_shared.orthanc.local import LocalOrthanc
 from spinecloud_shared.queue import enqueue
 from spinecloud_shared.task_names import INFERENCE_QUEUE, SEGMENT_SERIES
 from tests.fixtures.services import CeleryWorker, StartWorker, wait_for
-from tests.integration.conftest import require_tool
 from tests.unit.test_inference_pipeline import lumbar_phantom, write_tiny_bundle
 
 pytestmark = pytest.mark.integration
@@ -41,35 +40,17 @@ MODEL = ("tiny", "0.0.1")
 TIMED_STAGES = ("fetch", "decode", "preprocess", "forward", "postprocess", "encode", "store")
 
 
-@pytest.fixture(scope="module")
-def orthanc_overwrite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
-    """A private Orthanc that replaces an instance stored again with the same SOPInstanceUID."""
-    require_tool("Orthanc")
-    server = LocalOrthanc(
-        tmp_path_factory.mktemp("orthanc"), extra_config={"OverwriteInstances": True}
-    )
-    with server:
-        yield server
-
-
 @pytest.fixture()
-def client(orthanc_overwrite: LocalOrthanc) -> OrthancClient:
-    """REST client of the private Orthanc."""
-    o = orthanc_overwrite
-    return OrthancClient(o.url, o.username, o.password)
-
-
-@pytest.fixture()
-def worker_env(orthanc_overwrite: LocalOrthanc, tmp_path: Path) -> Mapping[str, str]:
+def worker_env(private_orthanc: LocalOrthanc, tmp_path: Path) -> Mapping[str, str]:
     """Environment of an inference worker that finds the tiny model under its data folder."""
     data_dir = tmp_path / "data"
     write_tiny_bundle(data_dir / "models" / MODEL[0] / MODEL[1], name=MODEL[0], version=MODEL[1])
     return {
         "SPINECLOUD_DATA_DIR": str(data_dir),
         "SPINECLOUD_ARTIFACT_DIR": str(tmp_path / "artifacts"),
-        "SPINECLOUD_ORTHANC_URL": orthanc_overwrite.url,
-        "SPINECLOUD_ORTHANC_USERNAME": orthanc_overwrite.username,
-        "SPINECLOUD_ORTHANC_PASSWORD": orthanc_overwrite.password,
+        "SPINECLOUD_ORTHANC_URL": private_orthanc.url,
+        "SPINECLOUD_ORTHANC_USERNAME": private_orthanc.username,
+        "SPINECLOUD_ORTHANC_PASSWORD": private_orthanc.password,
     }
 
 
@@ -165,28 +146,30 @@ def _requeue(url: str, job_id: str) -> None:
 def test_worker_segments_stores_one_seg_and_survives_bad_input(
     worker: CeleryWorker,
     celery_client: Celery,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
     bad = _create_job(
-        postgres_url, client, _push_series(client, tmp_path / "mr", "worker-mr", modality="MR")
+        postgres_url,
+        private_client,
+        _push_series(private_client, tmp_path / "mr", "worker-mr", modality="MR"),
     )
     failed = _run(postgres_url, celery_client, bad)
     assert failed.status is JobStatus.FAILED and failed.error_code == NotCtError.code
 
-    folder = _push_series(client, tmp_path / "ct", "worker-ct")
-    job_id = _create_job(postgres_url, client, folder)
+    folder = _push_series(private_client, tmp_path / "ct", "worker-ct")
+    job_id = _create_job(postgres_url, private_client, folder)
     done = _run(postgres_url, celery_client, job_id)
     assert done.status is JobStatus.SUCCEEDED, done.error_message
     assert {f"{s}_s" for s in TIMED_STAGES} <= set(done.timings)
     assert done.attempts == 1 and done.findings["levels"]
-    seg_ids = _seg_instances(client, done.study_instance_uid)
+    seg_ids = _seg_instances(private_client, done.study_instance_uid)
     assert len(seg_ids) == 1
     assert done.outputs["seg_orthanc_id"] == seg_ids[0]
 
     source = read_dicom_series(folder)
-    seg = pydicom.dcmread(BytesIO(client.instance_file(seg_ids[0])))
+    seg = pydicom.dcmread(BytesIO(private_client.instance_file(seg_ids[0])))
     from_seg = read_dicom_seg(seg, source)
     nifti = read_nifti(done.outputs["paths"]["labels_nifti"])
     assert np.array_equal(from_seg.array, nifti.array) and from_seg.same_grid(nifti)
@@ -194,7 +177,7 @@ def test_worker_segments_stores_one_seg_and_survives_bad_input(
     _requeue(postgres_url, job_id)
     again = _run(postgres_url, celery_client, job_id)
     assert again.status is JobStatus.SUCCEEDED and again.attempts == 2
-    assert _seg_instances(client, done.study_instance_uid) == seg_ids
+    assert _seg_instances(private_client, done.study_instance_uid) == seg_ids
 
     # A redelivered message for a succeeded job is skipped, the job left as it is.
     task_id = enqueue(SEGMENT_SERIES, {"job_id": job_id}, queue=INFERENCE_QUEUE, app=celery_client)
@@ -212,7 +195,7 @@ def _status(url: str, job_id: str) -> JobStatus:
 def test_killed_worker_job_completes_on_restart(
     celery_worker_process: StartWorker,
     celery_client: Celery,
-    client: OrthancClient,
+    private_client: OrthancClient,
     postgres_url: str,
     worker_env: Mapping[str, str],
     tmp_path: Path,
@@ -220,8 +203,8 @@ def test_killed_worker_job_completes_on_restart(
     """SIGKILL mid-job: the late-acked message is restored and a new worker finishes it."""
     visibility_s = 3
     first = _start(celery_worker_process, postgres_url, worker_env, visibility_s)
-    folder = _push_series(client, tmp_path / "big", "worker-kill", spacing_mm=1.5)
-    job_id = _create_job(postgres_url, client, folder)
+    folder = _push_series(private_client, tmp_path / "big", "worker-kill", spacing_mm=1.5)
+    job_id = _create_job(postgres_url, private_client, folder)
     enqueue(SEGMENT_SERIES, {"job_id": job_id}, queue=INFERENCE_QUEUE, app=celery_client)
     wait_for(lambda: _status(postgres_url, job_id) is JobStatus.RUNNING, interval_s=0.02)
     delivered_at = time.monotonic()
@@ -234,4 +217,4 @@ def test_killed_worker_job_completes_on_restart(
     done: InferenceJob = wait_for(lambda: _finished(postgres_url, job_id), timeout_s=TIMEOUT_S)
     assert done.status is JobStatus.SUCCEEDED, done.error_message
     assert done.attempts >= 2
-    assert len(_seg_instances(client, done.study_instance_uid)) == 1
+    assert len(_seg_instances(private_client, done.study_instance_uid)) == 1
