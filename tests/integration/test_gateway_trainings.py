@@ -19,9 +19,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from spinecloud_gateway.app import create_app
+from spinecloud_gateway.auth.principal import Principal
+from spinecloud_gateway.auth.service import ensure_project
+from spinecloud_gateway.models.scoping import target_project
 from spinecloud_shared.db import session_scope
 from spinecloud_shared.db.models import AuditEvent, JobStatus, Role, TrainingJob
 from spinecloud_shared.db.registry import register_model
+from spinecloud_shared.errors import InvalidInputError, NotFoundError
 from spinecloud_shared.task_names import TRAIN, TRAINING_QUEUE
 from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_models import model_name, write_artefact
@@ -247,3 +251,21 @@ def test_the_trained_model_belongs_to_the_training_s_project(
     assert seen.status_code == 200 and seen.json()["project_id"] == job["project_id"]
     assert seen.json()["training_job_id"] == job["id"]
     assert client.get(f"/api/v1/models/{model_id}", headers=bearer(tokens["b"])).status_code == 404
+
+
+def test_a_member_of_several_projects_names_one(gateway_db: str, site: Path) -> None:
+    """Where a new row goes: the named project, the only one, or a refusal when ambiguous."""
+    settings = gateway_settings(gateway_db, "redis://127.0.0.1:6379/0", data_dir=site)
+    with session_scope(gateway_db) as session:
+        ids = [ensure_project(session, name).id for name in ("train-a", "train-b")]
+        user = Principal("user", "u-1", Role.RESEARCHER, frozenset(ids))
+        with pytest.raises(InvalidInputError, match="several projects"):
+            target_project(session, user, None, settings)
+        assert target_project(session, user, ids[1], settings) == ids[1]
+        only = Principal("user", "u-2", Role.RESEARCHER, frozenset(ids[:1]))
+        assert target_project(session, only, None, settings) == ids[0]
+        with pytest.raises(NotFoundError):
+            target_project(session, only, ids[1], settings)
+        admin = Principal("user", "u-3", Role.ADMIN, None)
+        default = target_project(session, admin, None, settings)
+        assert default == ensure_project(session, "radiology").id  # the settings' default
