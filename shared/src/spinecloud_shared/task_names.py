@@ -14,6 +14,7 @@ __all__ = [
     "INFERENCE_QUEUE",
     "METRICS_QUEUE",
     "QUEUES",
+    "REGISTER_DATASET",
     "SEGMENT_SERIES",
     "TRAIN",
     "TRAINING_QUEUE",
@@ -30,6 +31,8 @@ QUEUES: Final[tuple[str, ...]] = (INFERENCE_QUEUE, TRAINING_QUEUE, METRICS_QUEUE
 SEGMENT_SERIES: Final = "spinecloud.inference.segment_series"
 #: Train a model on a registered dataset (training worker, GPU).
 TRAIN: Final = "spinecloud.training.train"
+#: Scan a registered dataset: validate every case, store its summary and splits (training).
+REGISTER_DATASET: Final = "spinecloud.training.register_dataset"
 #: Evaluate predictions against references and write the benchmark tables (metrics worker).
 EVALUATE: Final = "spinecloud.metrics.evaluate"
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from spinecloud_shared.db.datasets import DATASET_PREFIX
 from spinecloud_shared.errors import InvalidInputError
 from spinecloud_training.data import DataSplit, ExcludedCase, layout_split, phantom_split
 from spinecloud_training.presets import get_preset
@@ -69,6 +70,12 @@ def _command_line() -> str:
 def _data(dataset: str, phantoms: int, val_phantoms: int, seed: int) -> DataSplit:
     if dataset == "phantoms":
         return phantom_split(phantoms, val_phantoms, seed=seed)
+    if dataset.startswith(DATASET_PREFIX):
+        from spinecloud_shared.db import upgrade
+        from spinecloud_training.dataset_tasks import registered_data
+
+        upgrade()
+        return registered_data(dataset.removeprefix(DATASET_PREFIX))
     root = Path(dataset)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such dataset folder (or give 'phantoms').")
@@ -240,7 +247,11 @@ def train(
         PresetName, typer.Option(help="SegResNet preset (nnU-Net plans its own).")
     ] = PresetName.DEMO,
     dataset: Annotated[
-        str, typer.Option(help="'phantoms', or a TotalSegmentator or VerSe layout folder.")
+        str,
+        typer.Option(
+            help="'phantoms', a TotalSegmentator, VerSe or plain layout folder, or "
+            "'dataset:NAME' (a registered dataset, trained on its stored splits)."
+        ),
     ] = "phantoms",
     phantoms: Annotated[int, typer.Option(min=1, help="Training phantoms.")] = 32,
     val_phantoms: Annotated[int, typer.Option(min=0, help="Validation phantoms.")] = 6,

@@ -13,12 +13,13 @@ file) and error code instead of stopping the run; ``CaseSet.excluded`` and
 ``DataSplit.excluded`` list them:
 
 * missing files: a case of ``meta.csv`` without its folder or CT, a VerSe CT without its mask
-  or centroids, a mask without its CT, a subject of ``splits.json`` without a scan;
+  or centroids, a mask without its CT, a subject of ``splits.json`` without a scan, a plain
+  folder's image without its label map or label map without its image;
 * unreadable NIfTI (damaged, not 3D, NaN) and any other error a reader raises;
 * a mask that is not on its CT's grid (``geometry_mismatch``);
 * labels outside the declared map: ids that are not canonical vertebrae, a TotalSegmentator
-  mask that is not binary, canonical ids the model has no output channel for
-  (``invalid_labels``);
+  mask that is not binary, a plain folder's value missing from its ``labels.json``, canonical
+  ids the model has no output channel for (``invalid_labels``);
 * no vertebra labelled at all.
 
 A dataset where no training case is usable raises ``InvalidInputError`` (the trainer does,
@@ -58,7 +59,7 @@ from spinecloud_shared.errors import (
     LabelError,
     SpineCloudError,
 )
-from spinecloud_shared.layouts import totalsegmentator, verse
+from spinecloud_shared.layouts import plain, totalsegmentator, verse
 from spinecloud_shared.phantom import PhantomSpec, generate_phantom
 from spinecloud_shared.resample import Interpolation, resample_to_spacing
 from spinecloud_shared.volume import Volume
@@ -174,6 +175,34 @@ def check_declared(
         )
 
 
+def validate_case(
+    case_id: str, ct: Volume, label_map: Volume, lut: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """The case's canonical label array, after the checks every reader of cases shares.
+
+    GeometryMismatchError when the label map is not on the CT's grid; LabelError for ids that
+    are not canonical or that ``lut`` gives no channel; InvalidInputError when no vertebra of
+    ``lut`` is labelled (an empty mask). Used by training (``prepare_case``) and by the dataset
+    registry's scan (``spinecloud_training.dataset_tasks``).
+    """
+    if not ct.same_grid(label_map):
+        raise GeometryMismatchError(
+            f"{case_id}: the label map is not on the CT's grid "
+            f"(shape {label_map.shape} vs {ct.shape}).",
+            case_id=case_id,
+        )
+    try:
+        canonical = labels.check_canonical(label_map.array)
+    except LabelError as exc:
+        raise LabelError(
+            f"{case_id}: {exc.message}", **{**exc.details, "case_id": case_id}
+        ) from exc
+    check_declared(case_id, canonical, lut)
+    if not np.any(lut[canonical]):
+        raise InvalidInputError(f"{case_id}: no vertebra is labelled.", case_id=case_id)
+    return canonical
+
+
 def prepare_case(
     case_id: str,
     ct: Volume,
@@ -182,14 +211,7 @@ def prepare_case(
     lut: npt.NDArray[np.uint8],
 ) -> PreparedCase:
     """Reorient to RAS, resample to the preset's spacing, window the CT, map ids to channels."""
-    if not ct.same_grid(label_map):
-        raise GeometryMismatchError(
-            f"{case_id}: the label map is not on the CT's grid "
-            f"(shape {label_map.shape} vs {ct.shape}).",
-            case_id=case_id,
-        )
-    canonical = labels.check_canonical(label_map.array)
-    check_declared(case_id, canonical, lut)
+    canonical = validate_case(case_id, ct, label_map, lut)
     ct_ras = ct.with_array(ct.array.astype(np.float32)).reoriented("RAS")
     labels_ras = label_map.with_array(canonical).reoriented("RAS")
     ct_model = resample_to_spacing(ct_ras, preset.spacing_mm, fill_value=preset.window_hu[0])
@@ -349,17 +371,66 @@ def verse_sources(root: Path) -> tuple[list[tuple[CaseSource, str | None]], list
     return found, excluded
 
 
+def _plain_loader(case: plain.PlainCase) -> Loader:
+    def load() -> tuple[Volume, Volume]:
+        return case.load_ct(), case.load_labels()
+
+    return load
+
+
+def plain_sources(root: Path) -> tuple[list[tuple[CaseSource, str | None]], list[ExcludedCase]]:
+    """Each readable case of a plain folder (``images/``, ``labels/``, ``labels.json``) with
+    its split, and the unreadable ones (an image without labels, labels without an image, a
+    label map off the image's grid). A missing or bad ``labels.json`` is raised."""
+    declaration = plain.read_declaration(root)
+    found: list[tuple[CaseSource, str | None]] = []
+    excluded: list[ExcludedCase] = []
+    for case_id, split in plain.case_list(root):
+        try:
+            case = plain.read_case(root, case_id, split, declaration)
+        except SpineCloudError as exc:
+            excluded.append(ExcludedCase(case_id, exc.message, exc.code))
+            continue
+        found.append((CaseSource(case_id, _plain_loader(case)), split))
+    return found, excluded
+
+
+#: Layouts a dataset folder can have, and the reader of each.
+LAYOUTS: dict[
+    str, Callable[[Path], tuple[list[tuple[CaseSource, str | None]], list[ExcludedCase]]]
+] = {
+    "totalsegmentator": totalsegmentator_sources,
+    "verse": verse_sources,
+    "plain": plain_sources,
+}
+
+
 def detect_layout(root: Path) -> str:
-    """'totalsegmentator' or 'verse' from the folder's structure; InvalidInputError otherwise."""
+    """'totalsegmentator', 'verse' or 'plain' from the folder's structure; InvalidInputError
+    otherwise."""
     if (root / "rawdata").is_dir():
         return "verse"
     if (root / totalsegmentator.META_FILE).is_file() or any(root.glob("s*/ct.nii.gz")):
         return "totalsegmentator"
+    if (root / plain.DECLARATION_FILE).is_file() and (root / plain.IMAGES_DIR).is_dir():
+        return "plain"
     raise InvalidInputError(
-        f"{root}: neither a TotalSegmentator folder (meta.csv, sNNNN/ct.nii.gz) nor a VerSe "
-        "folder (rawdata/, derivatives/).",
+        f"{root}: neither a TotalSegmentator folder (meta.csv, sNNNN/ct.nii.gz), a VerSe "
+        "folder (rawdata/, derivatives/) nor a plain folder (images/, labels/, labels.json).",
         path=str(root),
     )
+
+
+def layout_sources(
+    root: Path, layout: str | None = None
+) -> tuple[str, list[tuple[CaseSource, str | None]], list[ExcludedCase]]:
+    """(layout, readable cases with their layout split, unreadable cases) of a folder; the
+    layout is detected when not given."""
+    layout = layout or detect_layout(root)
+    if layout not in LAYOUTS:
+        raise InvalidInputError(f"Unknown dataset layout {layout!r}; known: {sorted(LAYOUTS)}.")
+    found, excluded = LAYOUTS[layout](root)
+    return layout, found, excluded
 
 
 def split_sources(
@@ -376,15 +447,49 @@ def split_sources(
 
 
 def layout_split(root: Path) -> DataSplit:
-    """Training and validation sources of a TotalSegmentator or VerSe folder ('test' unused)."""
-    layout = detect_layout(root)
-    reader = totalsegmentator_sources if layout == "totalsegmentator" else verse_sources
-    found, excluded = reader(root)
+    """Training and validation sources of a TotalSegmentator, VerSe or plain folder ('test'
+    unused)."""
+    layout, found, excluded = layout_sources(root)
     train, val = split_sources(found)
     return DataSplit(
         description=f"{layout} layout at {root}",
         train=train,
         val=val,
+        excluded=excluded,
+    )
+
+
+def registered_split(
+    root: Path, layout: str, splits: Mapping[str, str], *, name: str = "dataset"
+) -> DataSplit:
+    """Training and validation sources of a registered dataset, by its stored splits.
+
+    ``splits`` maps case id -> 'train', 'val' or 'test' (``spinecloud_shared.db.datasets``);
+    'test' cases are held out for evaluation and never trained or validated on. A stored case
+    that can no longer be read is excluded with its reason.
+    """
+    _layout, found, excluded = layout_sources(root, layout)
+    by_id = {source.case_id: source for source, _split in found}
+    unreadable = {e.case_id for e in excluded}
+    for case_id in sorted(splits):
+        if case_id not in by_id and case_id not in unreadable:
+            excluded.append(
+                ExcludedCase(
+                    case_id,
+                    f"{case_id}: registered in {name} but no longer in {root}.",
+                    "invalid_nifti",
+                )
+            )
+    chosen = {part: [by_id[c] for c in sorted(splits) if splits[c] == part and c in by_id]
+              for part in ("train", "val", "test")}  # fmt: skip
+    return DataSplit(
+        description=(
+            f"registered dataset {name} ({layout} layout at {root}): stored splits, "
+            f"{len(chosen['train'])} train, {len(chosen['val'])} val, "
+            f"{len(chosen['test'])} test held out"
+        ),
+        train=chosen["train"],
+        val=chosen["val"],
         excluded=excluded,
     )
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from spinecloud_shared.db.datasets import DATASET_PREFIX
 from spinecloud_shared.db.models import Evaluation, JobStatus, RegisteredModel, TrainingJob
 from spinecloud_shared.db.registry import RegistryConflictError, json_safe, register_model
 from spinecloud_shared.db.session import session_scope
@@ -50,6 +51,7 @@ from spinecloud_shared.queue import enqueue_after_commit
 from spinecloud_shared.settings import get_settings
 from spinecloud_shared.task_names import EVALUATE
 from spinecloud_training.data import DataSplit, layout_split, phantom_split
+from spinecloud_training.dataset_tasks import registered_data
 from spinecloud_training.evaluation import (
     PRED_DIR,
     REF_DIR,
@@ -260,6 +262,8 @@ def _data(spec: JobSpec) -> DataSplit:
             int(params.get("val_phantoms", 6)),
             seed=int(params.get("seed", 0)),
         )
+    if spec.dataset.startswith(DATASET_PREFIX):
+        return registered_data(spec.dataset.removeprefix(DATASET_PREFIX))
     root = Path(spec.dataset)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such dataset folder.", path=str(root))

@@ -1,4 +1,4 @@
-"""Writers and readers of the public spine dataset layouts (TotalSegmentator, VerSe).
+"""Writers and readers of the spine dataset layouts (TotalSegmentator, VerSe, plain NIfTI).
 
 Writers take phantoms or (CT, canonical label map) pairs and lay them out as the public dataset
 does, so that training and evaluation code reads synthetic and real data the same way. Readers
@@ -7,6 +7,7 @@ with the case id and the file: NiftiInputError, GeometryMismatchError, LabelErro
 """
 
 from spinecloud_shared.layouts._common import LabelledCase
+from spinecloud_shared.layouts.plain import PlainCase, read_plain, write_plain
 from spinecloud_shared.layouts.totalsegmentator import (
     TotalSegCase,
     read_meta,
@@ -17,11 +18,14 @@ from spinecloud_shared.layouts.verse import VerseCase, read_verse, write_verse
 
 __all__ = [
     "LabelledCase",
+    "PlainCase",
     "TotalSegCase",
     "VerseCase",
     "read_meta",
+    "read_plain",
     "read_totalsegmentator",
     "read_verse",
+    "write_plain",
     "write_totalsegmentator",
     "write_verse",
 ]
