@@ -36,6 +36,31 @@ class Settings(BaseSettings):
     orthanc_password: SecretStr | None = None
     log_level: str = "INFO"
 
+    # Fine-tuning from clinicians' corrections (``spinecloud_training.finetune_job``).
+    finetune_threshold: int = Field(
+        default=20,
+        ge=0,
+        description="Unused corrections of a production model that start a fine-tune; 0: never",
+    )
+    finetune_margin: float = Field(
+        default=0.01,
+        description="Mean Dice a fine-tuned version may lose on the held-out cases and still "
+        "be registered (negative: it must gain at least that much)",
+    )
+    finetune_iterations: int = Field(default=60, ge=1, description="Fine-tuning optimiser steps")
+    finetune_lr_factor: float = Field(
+        default=0.1, gt=0, description="Parent's learning rate times this"
+    )
+    finetune_replay: int = Field(
+        default=8, ge=0, description="Cases of the parent's original training data mixed in"
+    )
+    finetune_holdout: int = Field(
+        default=4, ge=0, description="Held-out cases of the original data added to the check"
+    )
+    finetune_val_fraction: float = Field(
+        default=0.25, ge=0, lt=1, description="Share of the corrections held out for the check"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, falling back to the embedded SQLite file."""

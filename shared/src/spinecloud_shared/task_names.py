@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CHECK_CORRECTIONS",
     "EVALUATE",
     "INFERENCE_QUEUE",
     "METRICS_QUEUE",
@@ -33,6 +34,10 @@ SEGMENT_SERIES: Final = "spinecloud.inference.segment_series"
 TRAIN: Final = "spinecloud.training.train"
 #: Scan a registered dataset: validate every case, store its summary and splits (training).
 REGISTER_DATASET: Final = "spinecloud.training.register_dataset"
+#: Count clinicians' unused corrections of production models; start a fine-tune at the
+#: threshold (training worker; the gateway sends it when a study holds a SEG not written by
+#: SpineCloud).
+CHECK_CORRECTIONS: Final = "spinecloud.training.check_corrections"
 #: Evaluate predictions against references and write the benchmark tables (metrics worker).
 EVALUATE: Final = "spinecloud.metrics.evaluate"
 

@@ -22,8 +22,11 @@ The loop (``finetune``):
    package is installed beside training, else a plain Dice. The headline is the mean over
    cases of the mean Dice over the classes present in each reference; the new version is *not
    worse* when its headline is at least the parent's minus ``margin`` (0.01) and *improved*
-   when it is higher. Both numbers and the verdict go into the new manifest's
-   ``metrics.finetune``; registering or promoting it is the registry's decision.
+   when it is higher. The held-out cases are the dataset's ``val`` split plus ``holdout``
+   (cases of the original data the parent was not trained on), so that a version that learns
+   the corrections but forgets the original data does not pass. Both numbers and the verdict
+   go into the new manifest's ``metrics.finetune``; registering or promoting it is the
+   registry's decision.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from spinecloud_shared.errors import InvalidInputError
+from spinecloud_shared.errors import InvalidInputError, SpineCloudError
 from spinecloud_shared.models.manifest import Backend, Manifest, read_manifest, write_manifest
 from spinecloud_shared.nifti import read_nifti, write_nifti
 from spinecloud_shared.resample import Interpolation, resample_like, resample_to_spacing
@@ -111,6 +114,8 @@ class FinetuneRequest:
     version: str | None = None
     name: str | None = None
     replay: Sequence[CaseSource] = ()
+    #: Held-out cases of the original data, scored before/after beside the dataset's ``val``.
+    holdout: Sequence[CaseSource] = ()
     margin: float = 0.01
     seed: int = 0
     device: str | None = None
@@ -376,8 +381,12 @@ def _before_after(
     device = select_device(request.device)
     cases: list[tuple[str, Volume]] = []
     folder = request.scratch / "evaluation"
-    for source in data.val:
-        ct, reference = source.load()
+    for source in [*data.val, *request.holdout]:
+        try:
+            ct, reference = source.load()
+        except SpineCloudError as exc:
+            logger.warning("held-out case %s left out: %s", source.case_id, exc.code)
+            continue
         write_nifti(reference, folder / "reference" / f"{source.case_id}.nii.gz", dtype=np.uint8)
         cases.append((source.case_id, ct))
     if not cases:

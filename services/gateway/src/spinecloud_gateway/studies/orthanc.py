@@ -29,6 +29,8 @@ class SeriesInfo:
     body_part: str | None
     description: str | None
     series_number: int | None
+    #: The series' Manufacturer (an Orthanc series main tag): who wrote a SEG.
+    manufacturer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class OrthancReader:
             body_part=tags.get("BodyPartExamined"),
             description=tags.get("SeriesDescription"),
             series_number=_int_or_none(tags.get("SeriesNumber")),
+            manufacturer=tags.get("Manufacturer"),
         )
 
     def changes(self, since: int, limit: int = 100) -> tuple[list[Change], int, bool]:

@@ -1,4 +1,5 @@
-"""Study arrival: record a stable study from Orthanc and create its inference jobs.
+"""Study arrival: record a stable study from Orthanc and create its inference jobs, and ask
+the training worker to count corrections when the study holds a SEG from someone else.
 
 Idempotent: the study, its series and its jobs are found by their unique keys, so the Lua
 callback, the poller and a repeated push of the same study all end with one job per
@@ -19,6 +20,7 @@ from spinecloud_gateway.core.db import get_or_create
 from spinecloud_gateway.jobs.service import ensure_job
 from spinecloud_gateway.settings import GatewaySettings
 from spinecloud_gateway.studies import repository, routing
+from spinecloud_gateway.studies.corrections import request_correction_check
 from spinecloud_gateway.studies.orthanc import OrthancReader, SeriesInfo, StudyInfo
 from spinecloud_shared.db.models import InferenceJob, Series, Study
 
@@ -107,6 +109,7 @@ def record_arrival(
             )
             result.jobs.append(job)
             result.created += int(created)
+    request_correction_check(session, info, celery)
     logger.info(
         "study arrival",
         extra={"orthanc_study_id": orthanc_study_id, "jobs_created": result.created},
