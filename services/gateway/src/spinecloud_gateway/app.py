@@ -18,7 +18,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from spinecloud_gateway.api.routes import audit, dicomweb, health, internal, jobs, studies
+from spinecloud_gateway.api.routes import audit, datasets, dicomweb, health, internal, jobs, studies
 from spinecloud_gateway.api.state import GatewayState
 from spinecloud_gateway.audit.service import AuditRecorder
 from spinecloud_gateway.auth.oidc import OidcVerifier
@@ -115,6 +115,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         audit.router,
         internal.router,
         dicomweb.router,
+        datasets.router,
     ):
         app.include_router(router)
 

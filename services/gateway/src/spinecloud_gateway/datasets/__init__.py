@@ -1,0 +1,1 @@
+"""Registered datasets: registration (the scan runs on the training worker), listing, reading."""
