@@ -24,6 +24,7 @@ from spinecloud_shared.phantom import Phantom, PhantomSpec, generate_phantom
 from spinecloud_shared.volume import Volume
 from spinecloud_training.data import detect_layout, plain_sources, registered_split
 from spinecloud_training.dataset_tasks import scan_folder
+from spinecloud_training.nnunet.raw_dataset import write_raw_dataset
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
@@ -218,3 +219,19 @@ def test_registered_split_uses_stored_splits_and_holds_test_out(
     assert [s.case_id for s in data.val] == ["case000"]
     assert [e.case_id for e in data.excluded] == ["gone"]
     assert "1 test held out" in data.description
+
+
+def test_a_registered_plain_dataset_becomes_an_nnunet_raw_dataset(
+    tmp_path: Path, phantoms: list[Phantom]
+) -> None:
+    """nnU-Net trains on what the stored splits give it (its train cases, plain layout)."""
+    write_plain(
+        tmp_path / "plain", phantoms, values=labels.FROM_CANONICAL[labels.Scheme.TOTALSEG_V2]
+    )
+    stored = {"case000": "train", "case001": "train", "case002": "test"}
+    data = registered_split(tmp_path / "plain", "plain", stored)
+    ids = sorted({int(v) for p in phantoms for v in np.unique(p.labels.array) if v})
+    raw = write_raw_dataset(data.train, tmp_path / "raw", dataset_id=7, canonical_ids=ids)
+    assert raw.cases == {"case0000": "case000", "case0001": "case001"}
+    written = read_nifti(raw.folder / "labelsTr" / "case0000.nii.gz").array
+    assert set(np.unique(written).tolist()) == set(range(len(ids) + 1))
