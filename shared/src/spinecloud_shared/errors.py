@@ -174,3 +174,10 @@ class UpstreamError(SpineCloudError):
     code = "upstream_unavailable"
     http_status = 502
     transient = True
+
+
+class GpuMemoryError(SpineCloudError):
+    """A run does not fit in the GPU's memory even at its smallest batch and patch."""
+
+    code = "gpu_out_of_memory"
+    http_status = 507

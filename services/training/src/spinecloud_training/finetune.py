@@ -256,6 +256,8 @@ def finetune_preset(parent: Preset, request: FinetuneRequest) -> Preset:
         checkpoint_every=request.iterations,
         num_workers=0,
         seed=request.seed,
+        # The processes the parent trained with say nothing about this machine's GPUs.
+        world_size=None,
     )
 
 

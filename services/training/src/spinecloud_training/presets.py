@@ -110,6 +110,10 @@ class Preset:
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     num_workers: int = 4
+    #: Data-parallel processes (torch DDP), each with ``batch_size`` images per step: None
+    #: uses every visible GPU (one process on CPU or a single GPU); a number asks for that many
+    #: (gloo processes on CPU). The paper trained on 4 GPUs.
+    world_size: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
 

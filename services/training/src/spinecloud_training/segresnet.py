@@ -12,12 +12,16 @@ but not bit-identical to an uninterrupted one. With ``num_workers > 0`` the augm
 in worker processes whose random states are not checkpointed.
 
 CUDA is used when present, with automatic mixed precision (autocast + GradScaler); on CPU the
-same code runs in float32.
+same code runs in float32. On CUDA out-of-memory the run follows the rule of ``oom`` (halve the
+batch, then shrink the patch, resume from the last checkpoint, or fail with
+``gpu_out_of_memory``). With several GPUs visible, or ``Preset.world_size`` > 1, the run is
+data-parallel over that many processes (``ddp``).
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import random
 import subprocess
@@ -52,6 +56,8 @@ from spinecloud_training.data import (
     load_cases,
     train_dataset,
 )
+from spinecloud_training.ddp import Rank, launch, weights_digest, world_size_for
+from spinecloud_training.oom import OomStep, next_fallback
 from spinecloud_training.presets import PAPER, Preset, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -67,6 +73,8 @@ class Phase(StrEnum):
     TRAINING = "training"
     VALIDATING = "validating"
     WRITING = "writing"
+    #: GPU out of memory: a smaller batch or patch is being tried (``oom``).
+    REDUCING = "reducing_memory"
     FINISHED = "finished"
     CANCELLED = "cancelled"
 
@@ -109,6 +117,8 @@ class TrainRequest:
     #: Weights to start from (a state_dict file such as a bundle's ``models/model.pt``), for
     #: fine-tuning; ignored when resuming, since the checkpoint holds the weights.
     init_weights: Path | None = None
+    #: Out-of-memory fallbacks already taken (set by the trainer and the DDP launcher).
+    oom_steps: tuple[OomStep, ...] = ()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -144,6 +154,10 @@ class TrainingResult:
     bundle_dir: Path | None = None
     manifest: Manifest | None = None
     train_seconds: float = 0.0
+    #: Out-of-memory fallbacks taken (``oom``), oldest first.
+    oom_steps: list[OomStep] = field(default_factory=list)
+    #: Data-parallel runs: per rank, its iterations, training cases and weights digest.
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +176,8 @@ class _State:
     best_state: dict[str, torch.Tensor] | None = None
     best_validation: ValidationResult | None = None
     train_seconds: float = 0.0
+    #: The DistributedDataParallel wrapper that trains ``model`` in a data-parallel run.
+    ddp: torch.nn.Module | None = None
 
 
 # --- construction -----------------------------------------------------------------------------
@@ -206,7 +222,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _new_state(preset: Preset, out_channels: int, total: int, device: torch.device) -> _State:
+def _new_state(
+    preset: Preset, out_channels: int, total: int, device: torch.device, rank: int = 0
+) -> _State:
     model = build_network(preset, out_channels).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=preset.learning_rate, weight_decay=preset.weight_decay
@@ -216,7 +234,7 @@ def _new_state(preset: Preset, out_channels: int, total: int, device: torch.devi
         optimizer=optimizer,
         scheduler=_scheduler(optimizer, preset, total),
         scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
-        loader_generator=torch.Generator().manual_seed(preset.seed),
+        loader_generator=torch.Generator().manual_seed(preset.seed + rank),
     )
 
 
@@ -247,7 +265,13 @@ def _restore_rng(saved: Mapping[str, Any], transform: Compose) -> None:
         t.R.set_state(state)
 
 
-def save_checkpoint(path: Path, state: _State, preset: Preset, transform: Compose) -> None:
+def save_checkpoint(
+    path: Path,
+    state: _State,
+    preset: Preset,
+    transform: Compose,
+    oom_steps: Sequence[OomStep] = (),
+) -> None:
     """Write the full training state atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -265,16 +289,22 @@ def save_checkpoint(path: Path, state: _State, preset: Preset, transform: Compos
         "train_seconds": state.train_seconds,
         "rng": _rng_state(transform),
         "preset": preset.to_dict(),
+        "oom_steps": [step.as_dict() for step in oom_steps],
     }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
-def _check_compatible(saved: Mapping[str, Any], preset: Preset) -> None:
-    """Refuse to resume with another network, grid or patch size than the checkpoint's."""
+_RESUME_KEYS = ("network", "spacing_mm", "patch_size", "window_hu")
+
+
+def _check_compatible(saved: Mapping[str, Any], preset: Preset, *, oom: bool = False) -> None:
+    """Refuse to resume with another network, grid or patch size than the checkpoint's (the
+    patch may change after an out-of-memory fallback: the network is fully convolutional)."""
     current = preset.to_dict()
-    for key in ("network", "spacing_mm", "patch_size", "window_hu"):
+    keys = ("network", "spacing_mm", "window_hu") if oom else _RESUME_KEYS
+    for key in keys:
         if _as_lists(saved[key]) != _as_lists(current[key]):
             raise InvalidInputError(
                 f"Cannot resume: the checkpoint was trained with {key}={saved[key]}, "
@@ -290,12 +320,15 @@ def _as_lists(value: Any) -> Any:
     return value
 
 
-def load_checkpoint(path: Path, state: _State, preset: Preset, transform: Compose) -> None:
-    """Restore ``state`` (and the random generators) from a checkpoint written by this module."""
+def load_checkpoint(
+    path: Path, state: _State, preset: Preset, transform: Compose, *, oom: bool = False
+) -> None:
+    """Restore ``state`` (and the random generators) from a checkpoint written by this module;
+    ``oom``: the patch size may differ (an out-of-memory fallback was taken)."""
     if not path.is_file():
         raise InvalidInputError(f"Cannot resume: no checkpoint at {path}.", path=str(path))
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    _check_compatible(saved["preset"], preset)
+    _check_compatible(saved["preset"], preset, oom=oom)
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -309,6 +342,28 @@ def load_checkpoint(path: Path, state: _State, preset: Preset, transform: Compos
     state.best_validation = saved["best_validation"]
     state.train_seconds = float(saved["train_seconds"])
     _restore_rng(saved["rng"], transform)
+
+
+def saved_fallbacks(path: Path, preset: Preset) -> tuple[Preset, list[OomStep]]:
+    """The preset reduced as the checkpoint's out-of-memory fallbacks left it, and those
+    fallbacks (the preset unchanged and [] when there were none)."""
+    if not path.is_file():
+        return preset, []
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    steps = [
+        OomStep(**{**s, "patch_size": tuple(s["patch_size"])}) for s in saved.get("oom_steps", [])
+    ]
+    if not steps:
+        return preset, []
+    last = steps[-1]
+    reduced = replace(
+        preset,
+        batch_size=last.batch_size,
+        num_samples=last.num_samples,
+        sw_batch_size=last.sw_batch_size,
+        patch_size=last.patch_size,
+    )
+    return reduced, steps
 
 
 def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
@@ -398,7 +453,7 @@ def _train_step(
     label = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
     state.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, enabled=device.type == "cuda"):
-        loss = loss_fn(state.model(image), label)
+        loss = loss_fn((state.ddp or state.model)(image), label)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
@@ -422,6 +477,14 @@ class _Loop:
     should_cancel: CancelCallback | None
     started: float = field(default_factory=time.monotonic)
     start_iteration: int = 0
+    rank: Rank | None = None
+    oom_steps: list[OomStep] = field(default_factory=list)
+    checkpoints_written: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and validates (rank 0, or no DDP)."""
+        return self.rank is None or self.rank.is_main
 
     def report(self, phase: Phase, loss: float | None = None, dice: float | None = None) -> None:
         """Send a progress report, with an ETA from this session's iteration rate."""
@@ -449,9 +512,10 @@ class _Loop:
         now = time.monotonic()
         self.state.train_seconds += now - self.started
         self.started, self.start_iteration = now, self.state.iteration
-        save_checkpoint(
-            self.request.checkpoint_dir / CHECKPOINT_FILE, self.state, self.preset, self.transform
-        )
+        if self.is_main:
+            path = self.request.checkpoint_dir / CHECKPOINT_FILE
+            save_checkpoint(path, self.state, self.preset, self.transform, self.oom_steps)
+        self.checkpoints_written += 1
 
     def maybe_validate(self) -> None:
         """Validate when due (every ``val_every`` iterations and at the end); keep the best."""
@@ -471,6 +535,11 @@ class _Loop:
             torch.save(self.state.best_state, self.request.checkpoint_dir / BEST_FILE)
         self.report(Phase.TRAINING, dice=dice)
 
+    def cancel_requested(self) -> bool:
+        """The cancel flag; in a DDP run rank 0's, broadcast to every rank."""
+        flag = self.should_cancel is not None and self.should_cancel()
+        return self.rank.agree(flag) if self.rank is not None else flag
+
     def run(self, loader: DataLoader) -> bool:
         """Train up to ``total`` iterations; False when cancelled (after a checkpoint)."""
         loss_fn = DiceCELoss(
@@ -482,7 +551,7 @@ class _Loop:
         self.state.model.train()
         batches = _batches(loader, self.state)
         while self.state.iteration < self.total:
-            if self.should_cancel is not None and self.should_cancel():
+            if self.cancel_requested():
                 self.checkpoint()
                 self.report(Phase.CANCELLED)
                 return False
@@ -498,14 +567,21 @@ class _Loop:
 # --- the public entry point -------------------------------------------------------------------
 
 
-def _load_data(request: TrainRequest) -> tuple[CaseSet, CaseSet]:
-    train = load_cases(request.data.train, request.preset, request.channels)
-    val = load_cases(request.data.val, request.preset, request.channels)
+def _load_data(request: TrainRequest, rank: Rank | None = None) -> tuple[CaseSet, CaseSet]:
+    """The prepared training and validation cases; in a DDP run, this rank's share of the
+    training cases and (rank 0 only) the validation cases."""
+    train_sources, val_sources = list(request.data.train), list(request.data.val)
+    if rank is not None:
+        train_sources = train_sources[rank.rank :: rank.world_size]
+        val_sources = val_sources if rank.is_main else []
+    train = load_cases(train_sources, request.preset, request.channels)
+    val = load_cases(val_sources, request.preset, request.channels)
     if not train.cases:
         everything = [*request.data.excluded, *train.excluded, *val.excluded]
         reasons = "; ".join(e.reason for e in [*request.data.excluded, *train.excluded][:5])
+        share = f" (rank {rank.rank} of {rank.world_size})" if rank is not None else ""
         raise InvalidInputError(
-            f"No usable training case in {request.data.description}"
+            f"No usable training case{share} in {request.data.description}"
             + (f" ({reasons})." if reasons else " (the training split is empty)."),
             excluded=[vars(e) for e in everything],
         )
@@ -541,24 +617,19 @@ def train_segresnet(
 ) -> TrainingResult:
     """Train (or resume) a SegResNet and, when the run completes, write the bundle.
 
-    Raises InvalidInputError when no training case is usable or a resume is impossible.
-    Cases that fail to load are excluded, logged, and listed in the result and the lineage.
+    Data-parallel over several processes when ``ddp.world_size_for`` says so. Raises
+    InvalidInputError when no training case is usable or a resume is impossible, and
+    GpuMemoryError when the out-of-memory rule has nothing left to reduce. Cases that fail to
+    load are excluded, logged, and listed in the result and the lineage.
     """
-    preset = request.preset
-    seed_everything(preset.seed)
-    device = select_device(request.device)
-    if progress is not None:
-        progress(TrainingProgress(Phase.LOADING, 0, 0, 0))
-    train, val = _load_data(request)
-    total = preset.total_iterations(len(train.cases))
-    dataset = train_dataset(train.cases, preset)
-    transform = dataset.transform
-    assert isinstance(transform, Compose)
-    state = _new_state(preset, len(request.channels), total, device)
-    request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    # MONAI's DataLoader re-seeds the dataset's transforms and resets the generator when it is
-    # built, so a checkpoint's random states are restored after it.
-    loader = DataLoader(
+    world_size = world_size_for(request.preset, select_device(request.device))
+    if world_size > 1:
+        return launch(request, world_size, progress=progress, should_cancel=should_cancel)
+    return run_rank(request, None, progress=progress, should_cancel=should_cancel)
+
+
+def _loader(dataset: Any, preset: Preset, state: _State, device: torch.device) -> DataLoader:
+    return DataLoader(
         dataset,
         batch_size=preset.batch_size,
         shuffle=True,
@@ -566,14 +637,119 @@ def train_segresnet(
         generator=state.loader_generator,
         pin_memory=device.type == "cuda",
     )
+
+
+def _session(
+    request: TrainRequest,
+    preset: Preset,
+    train: CaseSet,
+    rank: Rank | None,
+    device: torch.device,
+    total: int,
+) -> tuple[_State, Compose, DataLoader]:
+    """A fresh state and loader for one attempt, resumed or started from initial weights."""
+    dataset = train_dataset(train.cases, preset)
+    transform = dataset.transform
+    assert isinstance(transform, Compose)
+    state = _new_state(preset, len(request.channels), total, device, rank.rank if rank else 0)
+    # MONAI's DataLoader re-seeds the dataset's transforms and resets the generator when it is
+    # built, so a checkpoint's random states are restored after it.
+    loader = _loader(dataset, preset, state, device)
     if request.resume:
-        load_checkpoint(request.checkpoint_dir / CHECKPOINT_FILE, state, preset, transform)
+        path = request.checkpoint_dir / CHECKPOINT_FILE
+        load_checkpoint(path, state, preset, transform, oom=bool(request.oom_steps))
     elif request.init_weights is not None:
         load_initial_weights(state.model, request.init_weights)
-    loop = _Loop(request, preset, state, transform, val.cases, device, total, progress,
-                 should_cancel, start_iteration=state.iteration)  # fmt: skip
-    completed = loop.run(loader)
+    if rank is not None:
+        ids = [device.index] if device.type == "cuda" else None
+        state.ddp = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=ids)
+    return state, transform, loader
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_rank(
+    request: TrainRequest,
+    rank: Rank | None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCallback | None = None,
+) -> TrainingResult:
+    """The training run of one process: the whole run (``rank`` None) or one DDP rank.
+
+    Without DDP, CUDA out-of-memory follows the ``oom`` rule here; in a DDP run the error
+    stops every rank and the launcher applies the rule.
+    """
+    preset = request.preset
+    if request.resume and not request.oom_steps:
+        preset, steps = saved_fallbacks(request.checkpoint_dir / CHECKPOINT_FILE, preset)
+        request = replace(request, preset=preset, oom_steps=tuple(steps))
+    seed_everything(preset.seed)
+    device = rank.device if rank is not None else select_device(request.device)
+    if progress is not None:
+        progress(TrainingProgress(Phase.LOADING, 0, 0, 0))
+    train, val = _load_data(request, rank)
+    cases = len(train.cases) if rank is None else rank.max_int(len(train.cases))
+    total = request.preset.total_iterations(cases)
+    request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    written = 0  # checkpoints of this run: an OOM retry resumes from its own, not an old one
+    while True:
+        state, transform, loader = _session(request, request.preset, train, rank, device, total)
+        loop = _Loop(request, request.preset, state, transform, val.cases, device, total,
+                     progress, should_cancel, start_iteration=state.iteration, rank=rank,
+                     oom_steps=list(request.oom_steps))  # fmt: skip
+        try:
+            completed = loop.run(loader)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if rank is not None:
+                raise
+            iteration, written = state.iteration, written + loop.checkpoints_written
+            del state, transform, loader, loop
+            _free_memory(device)
+            reduced, step = next_fallback(request.preset, iteration)
+            logger.warning("GPU out of memory at iteration %d: %s", iteration, step.change)
+            request = replace(
+                request,
+                preset=reduced,
+                oom_steps=(*request.oom_steps, step),
+                resume=request.resume or written > 0,
+            )
+            if progress is not None:
+                progress(TrainingProgress(Phase.REDUCING, iteration, total, 0))
+    return _finish(request, rank, state, loop, train, val, total, completed)
+
+
+def _finish(
+    request: TrainRequest,
+    rank: Rank | None,
+    state: _State,
+    loop: _Loop,
+    train: CaseSet,
+    val: CaseSet,
+    total: int,
+    completed: bool,
+) -> TrainingResult:
     excluded = [*request.data.excluded, *train.excluded, *val.excluded]
+    train_ids = [c.case_id for c in train.cases]
+    ranks: list[dict[str, Any]] = []
+    if rank is not None:
+        summary = {
+            "rank": rank.rank,
+            "iterations": state.iteration,
+            "train_cases": train_ids,
+            "excluded": excluded,
+            "weights_sha256": weights_digest(state.model),
+        }
+        ranks = rank.gather(summary)
+        train_ids = [i for r in ranks for i in r["train_cases"]]
+        excluded = list({(e.case_id, e.code): e for r in ranks for e in r["excluded"]}.values())
+        for r in ranks:
+            del r["excluded"]
     result = TrainingResult(
         completed=completed,
         iteration=state.iteration,
@@ -583,22 +759,24 @@ def train_segresnet(
         best_iteration=state.best_iteration,
         validation=state.best_validation,
         train_seconds=state.train_seconds,
+        oom_steps=list(request.oom_steps),
+        ranks=ranks,
     )
-    if completed:
+    if completed and loop.is_main:
         loop.report(Phase.WRITING)
-        _write_output(request, state, train, val, result)
+        _write_output(request, state, train_ids, val, result)
         loop.report(Phase.FINISHED)
     return result
 
 
 def _lineage(
-    request: TrainRequest, train: CaseSet, val: CaseSet, result: TrainingResult
+    request: TrainRequest, train_ids: Sequence[str], val: CaseSet, result: TrainingResult
 ) -> Lineage:
     return Lineage.model_validate(
         {
             "dataset": request.data.description,
             "split": (
-                f"train: {len(train.cases)} cases ({', '.join(c.case_id for c in train.cases)}); "
+                f"train: {len(train_ids)} cases ({', '.join(train_ids)}); "
                 f"val: {len(val.cases)} cases ({', '.join(c.case_id for c in val.cases)})"
             ),
             "config": {
@@ -606,6 +784,8 @@ def _lineage(
                 "preset": request.preset.to_dict(),
                 "iterations": result.total_iterations,
                 "device": str(select_device(request.device)),
+                "world_size": max(1, len(result.ranks)),
+                "oom_fallbacks": [step.as_dict() for step in result.oom_steps],
             },
             "code_version": code_version(),
             "command": request.command,
@@ -634,11 +814,20 @@ def _metrics(result: TrainingResult, val: CaseSet) -> dict[str, Any]:
         "best_iteration": result.best_iteration,
         "iterations": result.iteration,
         "train_seconds": round(result.train_seconds, 1),
+        **(
+            {"oom_fallbacks": [step.as_dict() for step in result.oom_steps]}
+            if result.oom_steps
+            else {}
+        ),
     }
 
 
 def _write_output(
-    request: TrainRequest, state: _State, train: CaseSet, val: CaseSet, result: TrainingResult
+    request: TrainRequest,
+    state: _State,
+    train_ids: Sequence[str],
+    val: CaseSet,
+    result: TrainingResult,
 ) -> None:
     weights = state.best_state if state.best_state is not None else state.model.state_dict()
     info = bundle.BundleInfo(
@@ -646,7 +835,7 @@ def _write_output(
         version=request.version,
         description=request.description,
         channels=request.channels,
-        lineage=_lineage(request, train, val, result),
+        lineage=_lineage(request, train_ids, val, result),
         metrics=_metrics(result, val),
     )
     result.manifest = bundle.write_bundle(request.output_dir, weights, request.preset, info)
