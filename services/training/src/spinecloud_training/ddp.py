@@ -35,6 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,9 @@ __all__ = ["Rank", "launch", "weights_digest", "world_size_for"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a rank waits in a collective: the others wait while rank 0 validates, which on a
+#: large validation split takes longer than torch's default (10 min for NCCL).
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
 _RESULT_FILE = "ddp_result.pkl"
 _ERROR_FILE = "ddp_error_rank{rank}.pkl"
 
@@ -143,6 +147,7 @@ def _rank_main(
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
+        timeout=COLLECTIVE_TIMEOUT,
     )
     folder = request.checkpoint_dir
     try:
