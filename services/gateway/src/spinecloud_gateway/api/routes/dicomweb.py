@@ -9,9 +9,11 @@ is the contract.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -23,15 +25,33 @@ from spinecloud_gateway.core.errors import BadRequestError, UnsupportedMediaType
 from spinecloud_gateway.core.patterns import UID_PATTERN
 from spinecloud_gateway.dicomweb import scope
 from spinecloud_gateway.dicomweb.upstream import (
+    RetrievalClient,
     open_upstream,
+    raise_for_retrieval,
     raise_for_upstream,
+    retrieval_response,
     streaming_response,
 )
 from spinecloud_gateway.studies import repository
 from spinecloud_shared.db.models import Study
 from spinecloud_shared.errors import NotFoundError, UpstreamError
 
-router = APIRouter(prefix="/dicom-web", tags=["dicomweb"], include_in_schema=False)
+
+@asynccontextmanager
+async def _retrieval_client(app: FastAPI) -> AsyncIterator[None]:
+    """Open the WADO-RS client with the application (merged into the app's lifespan)."""
+    state: GatewayState = app.state.gateway
+    app.state.dicomweb_retrieval = RetrievalClient.from_settings(state.settings)
+    try:
+        yield
+    finally:
+        await app.state.dicomweb_retrieval.aclose()
+        app.state.dicomweb_retrieval = None
+
+
+router = APIRouter(
+    prefix="/dicom-web", tags=["dicomweb"], include_in_schema=False, lifespan=_retrieval_client
+)
 DICOM_JSON = "application/dicom+json"
 StudyUid = Annotated[str, Path(min_length=1, max_length=64, pattern=UID_PATTERN)]
 
@@ -40,6 +60,13 @@ def _client(state: GatewayState) -> Any:
     if state.dicomweb is None:
         raise UpstreamError("The DICOMweb proxy is not started.")
     return state.dicomweb
+
+
+def _retrieval(request: Request) -> RetrievalClient:
+    client: RetrievalClient | None = getattr(request.app.state, "dicomweb_retrieval", None)
+    if client is None:
+        raise UpstreamError("The DICOMweb proxy is not started.")
+    return client
 
 
 def visible_study(
@@ -174,7 +201,7 @@ async def _retrieve(
     client: ClientInfo,
 ) -> Response:
     path = f"/studies/{study.study_instance_uid}" + (f"/{rest}" if rest else "")
-    upstream = await open_upstream(_client(state), request, path)
+    upstream = await _retrieval(request).open(request, path)
     kind, ident = _resource(study.study_instance_uid, rest)
     await _audit(
         state,
@@ -184,10 +211,10 @@ async def _retrieve(
         kind=kind,
         ident=ident,
         study=study,
-        status=upstream.status_code,
+        status=upstream.status,
     )
-    await raise_for_upstream(upstream)
-    return streaming_response(upstream)
+    raise_for_retrieval(upstream)
+    return retrieval_response(upstream)
 
 
 @router.get("/studies/{study_uid}")
