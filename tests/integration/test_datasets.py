@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,8 @@ def test_cli_registers_every_layout_and_reports_bad_cases(
     verse = _row(postgres_url, names["verse"])
     assert set(verse.splits.values()) == {"train"}  # splits.json names every subject 'train'
 
+    code, output = _cli("register", str(tmp_path), "--name", names["plain"], "--layout", "plain")
+    assert code == 1 and "dataset_conflict" in output and "already exists" in output
     code, output = _cli("splits", names["plain"], "--json")
     assert code == 0 and json.loads(output) == plain.splits
     code, output = _cli("list", "--project", "datasets-cli")
@@ -174,19 +177,30 @@ def test_worker_scans_a_dataset_and_trains_on_its_stored_splits(
 ) -> None:
     folders = _write_layouts(tmp_path)
     (folders["plain"] / "labels" / "case001.nii.gz").unlink()
-    name = _name("plain")
+    names = {layout: _name(layout[:5]) for layout in folders}
     with session_scope(postgres_url) as session:
-        dataset_id = create_dataset(
-            session, name=name, layout="plain", source={"path": str(folders["plain"])},
-            seed=1, fractions={"train": 0.34, "val": 0.33, "test": 0.33}, enqueue=False,
-        ).id  # fmt: skip
-    enqueue(REGISTER_DATASET, {"dataset_id": dataset_id}, app=celery_client)
-    scanned: Dataset = wait_for(lambda: _scan_done(postgres_url, dataset_id), timeout_s=120.0)
-    assert scanned.status is JobStatus.SUCCEEDED, (scanned.error_message, worker.log())
+        ids = {
+            layout: create_dataset(
+                session, name=names[layout], layout=layout, source={"path": str(folder)},
+                seed=1, fractions={"train": 0.34, "val": 0.33, "test": 0.33}, enqueue=False,
+            ).id
+            for layout, folder in folders.items()
+        }  # fmt: skip
+    for dataset_id in ids.values():
+        enqueue(REGISTER_DATASET, {"dataset_id": dataset_id}, app=celery_client)
+    scans = {
+        layout: wait_for(partial(_scan_done, postgres_url, dataset_id), timeout_s=120.0)
+        for layout, dataset_id in ids.items()
+    }
+    for layout, row in scans.items():
+        assert row.status is JobStatus.SUCCEEDED, (layout, row.error_message, worker.log())
+        assert row.summary["cases"] == (3 if layout == "plain" else 4)
+    scanned: Dataset = scans["plain"]
     assert [e["case_id"] for e in scanned.summary["excluded"]] == ["case001"]
     assert "no label map" in scanned.summary["excluded"][0]["reason"]
     splits = scanned.splits
     assert sorted(splits.values()) == ["test", "train", "val"]
+    name = names["plain"]
 
     job_id = _submit(
         postgres_url, celery_client, backend="segresnet", dataset=f"dataset:{name}",

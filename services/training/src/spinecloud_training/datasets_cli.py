@@ -174,26 +174,33 @@ def register_command(
     For ``--layout orthanc`` SOURCE is ``all`` or a comma-separated list of
     StudyInstanceUIDs whose corrected SEGs make the dataset.
     """
-    fractions = parse_fractions(split)
+    try:
+        fractions = parse_fractions(split)
+    except SpineCloudError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--split") from exc
     if layout is Layout.ORTHANC:
         studies = None if source == "all" else [s.strip() for s in source.split(",") if s.strip()]
         spec: dict[str, Any] = {"orthanc": {"study_uids": studies}}
     else:
         spec = {"path": str(Path(source).resolve())}
     upgrade()
-    with session_scope() as session:
-        dataset = create_dataset(
-            session,
-            name=name,
-            layout=layout.value,
-            source=spec,
-            seed=seed,
-            fractions=fractions,
-            project_id=_project_id(session, project),
-            created_by=by or getpass.getuser(),
-            enqueue=queue,
-        )
-        dataset_id = dataset.id
+    try:
+        with session_scope() as session:
+            dataset = create_dataset(
+                session,
+                name=name,
+                layout=layout.value,
+                source=spec,
+                seed=seed,
+                fractions=fractions,
+                project_id=_project_id(session, project),
+                created_by=by or getpass.getuser(),
+                enqueue=queue,
+            )
+            dataset_id = dataset.id
+    except SpineCloudError as exc:
+        console.print(f"[red]{exc.code}[/]: {exc.message}")
+        raise typer.Exit(1) from exc
     if queue:
         console.print(f"dataset {name} ({dataset_id}) queued for a training worker to scan")
         return
