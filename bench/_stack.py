@@ -4,8 +4,10 @@ A private PostgreSQL database and Redis database number (leased like the tests l
 so benchmarks and concurrent test sessions never share data), a private Orthanc
 (``LocalOrthanc``, optionally with the deployed Lua script), the gateway as a ``spinecloud
 serve`` (uvicorn) process and an inference worker as a ``spinecloud worker`` (Celery)
-process. The database, server and phantom helpers of the tests are imported, not copied:
-``tests.fixtures.services`` and ``tests.integration.test_gateway_support``.
+process. Starting, waiting for and stopping Orthanc and the processes is
+``spinecloud_gateway.stack``'s, as for ``spinecloud stack up``; the database, server and
+phantom helpers of the tests are imported, not copied: ``tests.fixtures.services`` and
+``tests.integration.test_gateway_support``.
 
 Also: gateway process memory sampling (``/proc``), the machine and its load (``lscpu``,
 ``/proc/loadavg``), and percentiles, so every benchmark prints the same header.
@@ -36,6 +38,16 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from spinecloud_gateway.settings import RoutingRule  # noqa: E402
+from spinecloud_gateway.stack import (  # noqa: E402
+    LUA_SCRIPT,
+    ManagedProcess,
+    gateway_command,
+    launch,
+    service_env,
+    start_orthanc,
+    wait_http,
+    worker_command,
+)
 from spinecloud_shared.db.migrate import upgrade  # noqa: E402
 from spinecloud_shared.db.models import Role  # noqa: E402
 from spinecloud_shared.orthanc.local import LocalOrthanc, free_port  # noqa: E402
@@ -91,14 +103,12 @@ __all__ = [
     "write_study",
 ]
 
-LUA_SCRIPT = REPO_ROOT / "deploy" / "orthanc" / "spinecloud-stable-study.lua"
 #: The model shipped with the inference package (trained on phantoms, fast on CPU).
 DEFAULT_MODEL = ("spine-segresnet-demo", "0.1.0")
 #: Routes the small phantom studies of ``write_study`` (20 slices) to the default model.
 BENCH_RULE = RoutingRule(
     name="bench-ct", min_slices=10, model_name=DEFAULT_MODEL[0], model_version=DEFAULT_MODEL[1]
 )
-BIN = Path(sys.executable).parent
 
 
 # --------------------------------------------------------------------------- machine
@@ -218,46 +228,29 @@ def private_redis() -> Iterator[str]:
 def orthanc_server(
     workdir: Path, *, stable_age_s: int = 2, notify: tuple[int, str] | None = None
 ) -> Iterator[LocalOrthanc]:
-    """A private Orthanc; with ``notify=(gateway_port, service_token)`` it runs the Lua script.
-
-    The script reads the gateway URL and token from Orthanc's environment, so they are set
-    for the start only (Orthanc inherits them) and removed again here.
-    """
-    extra: dict[str, Any] = {"OverwriteInstances": True}
-    if notify is not None:
-        extra["LuaScripts"] = [str(LUA_SCRIPT)]
-    server = LocalOrthanc(workdir, stable_age_s=stable_age_s, extra_config=extra)
-    saved = {k: os.environ.get(k) for k in ("SPINECLOUD_GATEWAY_URL", "SPINECLOUD_SERVICE_TOKEN")}
-    if notify is not None:
-        os.environ["SPINECLOUD_GATEWAY_URL"] = f"http://127.0.0.1:{notify[0]}"
-        os.environ["SPINECLOUD_SERVICE_TOKEN"] = notify[1]
-    try:
-        server.start()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A private Orthanc; with ``notify=(gateway_port, service_token)`` it runs the Lua script."""
+    with start_orthanc(
+        workdir,
+        http_port=free_port(),
+        dicom_port=free_port(),
+        gateway_url=f"http://127.0.0.1:{notify[0]}" if notify else None,
+        service_token=notify[1] if notify else None,
+        stable_age_s=stable_age_s,
+    ) as orthanc:
+        yield orthanc
 
 
 def _service_env(database_url: str, redis_url: str, orthanc: LocalOrthanc) -> dict[str, str]:
-    """Environment of a SpineCloud process on these servers."""
-    env = dict(os.environ)
-    env.update(
+    """Environment of a SpineCloud process on these servers (the repository importable)."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return service_env(
+        os.environ,
+        redis_url=redis_url,
+        orthanc=orthanc,
         SPINECLOUD_ENVIRONMENT="test",
         SPINECLOUD_DATABASE_URL=database_url,
-        SPINECLOUD_REDIS_URL=redis_url,
-        SPINECLOUD_ORTHANC_URL=orthanc.url,
-        SPINECLOUD_ORTHANC_USERNAME=orthanc.username,
-        SPINECLOUD_ORTHANC_PASSWORD=orthanc.password,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        PYTHONPATH=pythonpath,
     )
-    return env
 
 
 @dataclass
@@ -268,9 +261,8 @@ class GatewayProcess:
     runs, without loading the other commands of the CLI (torch), as in the gateway image.
     """
 
-    popen: subprocess.Popen[bytes]
+    process: ManagedProcess
     port: int
-    log_path: Path
 
     @property
     def url(self) -> str:
@@ -280,11 +272,11 @@ class GatewayProcess:
     @property
     def pid(self) -> int:
         """Process id of the server."""
-        return self.popen.pid
+        return self.process.pid
 
     def log_lines(self) -> list[str]:
         """The JSON log lines written so far."""
-        return self.log_path.read_text(errors="replace").splitlines()
+        return self.process.log().splitlines()
 
 
 @contextmanager
@@ -309,38 +301,13 @@ def gateway_process(
         SPINECLOUD_DEFAULT_PROJECT=default_project,
         SPINECLOUD_LOG_LEVEL="INFO",
     )
-    log_path = workdir / "gateway.log"
-    command = [
-        str(BIN / "python"), "-m", "uvicorn", "--factory", "spinecloud_gateway.app:app_from_env",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--proxy-headers",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    gateway = GatewayProcess(popen, port, log_path)
+    command = gateway_command("127.0.0.1", port)
+    process = launch("gateway", command, env=env, log_path=workdir / "gateway.log")
     try:
-        _wait_http(f"{gateway.url}/healthz", popen, log_path)
-        yield gateway
+        wait_http(f"http://127.0.0.1:{port}/healthz", process, timeout_s=240)
+        yield GatewayProcess(process, port)
     finally:
-        popen.terminate()
-        try:
-            popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-
-
-def _wait_http(url: str, popen: subprocess.Popen[bytes], log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise SystemExit(f"{url}: process exited {popen.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer in {timeout_s} s:\n{log.read_text()}")
+        process.stop()
 
 
 @contextmanager
@@ -356,15 +323,10 @@ def inference_worker(
             "SPINECLOUD_ARTIFACT_DIR": str(workdir / "artifacts"),
         }
     )
-    log_path = workdir / "worker.log"
-    command = [str(BIN / "spinecloud"), "worker", "-q", INFERENCE_QUEUE]
-    command += ["--concurrency", str(concurrency)]
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    command = worker_command([INFERENCE_QUEUE], concurrency)
+    process = launch("worker", command, env=env, log_path=workdir / "worker.log")
     client = create_celery_app(Settings(redis_url=redis_url))
-    worker = CeleryWorker(popen, f"celery@{socket.gethostname()}", log_path, client)
+    worker = CeleryWorker(process.popen, f"celery@{socket.gethostname()}", process.log_path, client)
     try:
         worker.wait_ready(timeout_s=300)
         yield worker
