@@ -18,7 +18,18 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from spinecloud_gateway.api.routes import audit, datasets, dicomweb, health, internal, jobs, studies
+from spinecloud_gateway.api.routes import (
+    audit,
+    datasets,
+    dicomweb,
+    evaluations,
+    health,
+    internal,
+    jobs,
+    models,
+    studies,
+    trainings,
+)
 from spinecloud_gateway.api.state import GatewayState
 from spinecloud_gateway.audit.service import AuditRecorder
 from spinecloud_gateway.auth.oidc import OidcVerifier
@@ -116,6 +127,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         internal.router,
         dicomweb.router,
         datasets.router,
+        models.router,
+        trainings.router,
+        evaluations.router,
     ):
         app.include_router(router)
 
