@@ -4,6 +4,7 @@ queue), scan as the worker does, read the summary and splits, project scoping an
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from fastapi.testclient import TestClient
 
 from spinecloud_gateway.app import create_app
 from spinecloud_shared.db.models import Role
+from spinecloud_shared.errors import NotFoundError
 from spinecloud_shared.task_names import REGISTER_DATASET, TRAINING_QUEUE
-from spinecloud_training.dataset_tasks import scan_dataset
+from spinecloud_training.dataset_tasks import registered_data, scan_dataset
 from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_datasets import _write_layouts, settings_env  # noqa: F401 - fixture
 from tests.integration.test_gateway_support import (
@@ -61,6 +63,11 @@ def test_gateway_registers_and_reads_datasets_by_project(
         assert splits.json()["splits"] == {
             "s0000": "train", "s0001": "train", "s0002": "val", "s0003": "test",
         }  # fmt: skip
+
+        # a training of the dataset's project trains on it; one of another project does not
+        assert len(registered_data("ts-a", project_id=dataset["project_id"]).train) == 2
+        with pytest.raises(NotFoundError):
+            registered_data("ts-a", project_id=str(uuid.uuid4()))
 
         hidden = client.get("/api/v1/datasets/ts-a", headers=bearer(bob))
         assert hidden.status_code == 404

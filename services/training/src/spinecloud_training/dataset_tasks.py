@@ -193,11 +193,17 @@ def register_dataset(dataset_id: str) -> dict[str, Any]:
     return scan_dataset(dataset_id)
 
 
-def registered_data(ref: str) -> DataSplit:
+def registered_data(ref: str, *, project_id: str | None = None) -> DataSplit:
     """Training and validation sources of registered dataset ``ref`` (name or id), by its
-    stored splits ('test' held out); InvalidInputError unless its scan succeeded."""
+    stored splits ('test' held out); InvalidInputError unless its scan succeeded.
+
+    A training job of a project (``project_id``) sees only that project's datasets: another
+    project's (or an unassigned) dataset is NotFoundError, as the gateway answers 404.
+    """
     with session_scope() as session:
         dataset = get_dataset(session, ref)
+        if project_id is not None and dataset.project_id != project_id:
+            raise NotFoundError(f"No dataset {ref!r} in the training's project.")
         if dataset.status is not JobStatus.SUCCEEDED or not dataset.root:
             raise InvalidInputError(
                 f"Dataset {dataset.name!r} is {dataset.status.value}, not ready to train on"

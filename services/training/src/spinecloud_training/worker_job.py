@@ -99,6 +99,7 @@ class JobSpec:
     model_version: str
     params: dict[str, Any]
     result: dict[str, Any]
+    project_id: str | None = None
 
 
 @dataclass
@@ -215,6 +216,7 @@ def _load_spec(job_id: str) -> JobSpec:
             model_version=job.model_version,
             params=dict(job.params or {}),
             result=dict(job.result or {}),
+            project_id=job.project_id,
         )
 
 
@@ -263,7 +265,8 @@ def _data(spec: JobSpec) -> DataSplit:
             seed=int(params.get("seed", 0)),
         )
     if spec.dataset.startswith(DATASET_PREFIX):
-        return registered_data(spec.dataset.removeprefix(DATASET_PREFIX))
+        ref = spec.dataset.removeprefix(DATASET_PREFIX)
+        return registered_data(ref, project_id=spec.project_id)
     root = Path(spec.dataset)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such dataset folder.", path=str(root))
