@@ -137,3 +137,29 @@ def test_seg_is_written_when_source_datasets_are_given(phantom: Phantom, tmp_pat
     assert set(paths) == set(OUTPUT_FILES)
     back = read_dicom_seg(pydicom.dcmread(paths["dicom_seg"]), source)
     np.testing.assert_array_equal(back.array, label_map.array)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "PIR", "ASL"])
+def test_preview_reads_the_same_voxels_without_reoriented_copies(orientation: str) -> None:
+    """The preview's RAS views and spine path equal those of reoriented copies."""
+    from spinecloud_inference import outputs
+
+    spec = PhantomSpec(seed=3, orientation=orientation, spacing_mm=(1.7, 2.1, 2.5))
+    case = generate_phantom(spec)
+    ct_ras, labels_ras = case.ct.reoriented("RAS"), case.labels.reoriented("RAS")
+    view, affine = outputs._ras_view(case.ct)
+    assert np.array_equal(view, ct_ras.array)
+    assert np.allclose(affine, ct_ras.affine_ras)
+    expected = outputs._spine_path(labels_ras.array, labels_ras.shape)
+    got = outputs._labels_path(case.labels, affine, labels_ras.shape)
+    assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
+    empty = case.labels.with_array(np.zeros_like(case.labels.array))
+    middle = outputs._labels_path(empty, affine, labels_ras.shape)
+    assert all(
+        np.array_equal(e, g)
+        for e, g in zip(
+            middle,
+            outputs._spine_path(np.zeros(labels_ras.shape, dtype=np.uint8), labels_ras.shape),
+            strict=True,
+        )
+    )

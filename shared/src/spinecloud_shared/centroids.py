@@ -24,8 +24,13 @@ from spinecloud_shared.volume import Volume
 Centroids = dict[int, npt.NDArray[np.float64]]
 
 
-def voxel_centres(label_map: npt.NDArray[np.uint8]) -> dict[int, npt.NDArray[np.float64]]:
+def voxel_centres(
+    label_map: npt.NDArray[np.uint8], origin: tuple[int, int, int] = (0, 0, 0)
+) -> dict[int, npt.NDArray[np.float64]]:
     """Centre of mass, in voxel indices ``(i, j, k)``, of every non-zero class of a uint8 map.
+
+    ``origin`` is the index of ``label_map[0, 0, 0]`` in a larger map when a crop of it is
+    given; the result is then in the larger map's indices (exactly as if it had been given).
 
     Each class is measured inside its bounding box (``ndimage.find_objects``), so the cost
     follows the size of the classes, not of the scan: ``bench/inference_e2e.py`` showed
@@ -36,17 +41,57 @@ def voxel_centres(label_map: npt.NDArray[np.uint8]) -> dict[int, npt.NDArray[np.
     for index, box in enumerate(ndimage.find_objects(label_map)):
         if box is not None:
             points = np.nonzero(label_map[box] == index + 1)
-            offsets = [s.start for s in box]
+            offsets = [s.start + o for s, o in zip(box, origin, strict=True)]
             centres[index + 1] = np.array(
                 [float(p.mean()) + o for p, o in zip(points, offsets, strict=True)]
             )
     return centres
 
 
+def foreground_box(label_map: npt.NDArray[np.uint8]) -> tuple[slice, slice, slice] | None:
+    """The smallest box ``(i, j, k)`` slices holding every non-zero voxel; None when there is none.
+
+    Label maps on a 512 x 512 x 300 CT grid are mostly background: ``bench/inference_e2e.py``
+    showed each whole-volume pass (validation, counts, centroids) costing 0.3-1.5 s, so the
+    inference outputs find this box once per call with three maxima (cheap on uint8) and work
+    inside it.
+    """
+    nx = label_map.shape[0]
+    rows = np.flatnonzero(label_map.reshape(nx, -1).max(axis=1))
+    if rows.size == 0:
+        return None
+    i = slice(int(rows[0]), int(rows[-1]) + 1)
+    slab = label_map[i]
+    cols = np.flatnonzero(slab.max(axis=(0, 2)))
+    planes = np.flatnonzero(slab.max(axis=(0, 1)))
+    return i, slice(int(cols[0]), int(cols[-1]) + 1), slice(int(planes[0]), int(planes[-1]) + 1)
+
+
+def canonical_in_box(
+    label_map: npt.NDArray[np.generic],
+) -> tuple[npt.NDArray[np.uint8], tuple[slice, slice, slice] | None]:
+    """``labels.check_canonical`` of a label map, and its foreground box (``foreground_box``).
+
+    A uint8 map is validated inside its foreground box only (every non-zero voxel lies there,
+    so the check is the same) and returned as is, without the full-size copy
+    ``check_canonical`` makes; other dtypes take ``check_canonical`` on the whole array.
+    """
+    arr = np.asarray(label_map)
+    if arr.dtype == np.uint8 and arr.ndim == 3:
+        box = foreground_box(arr)
+        if box is not None:
+            labels.check_canonical(arr[box])
+        return arr, box
+    checked = labels.check_canonical(arr)
+    return checked, foreground_box(checked)
+
+
 def centroids_from_labels(label_map: Volume) -> Centroids:
     """Centre of mass (RAS mm) of every canonical class present in a label map."""
-    arr = labels.check_canonical(label_map.array)
-    centres = voxel_centres(arr)
+    arr, box = canonical_in_box(label_map.array)
+    if box is None:
+        return {}
+    centres = voxel_centres(arr[box], (box[0].start, box[1].start, box[2].start))
     if not centres:
         return {}
     present = sorted(centres)

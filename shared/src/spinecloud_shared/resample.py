@@ -44,9 +44,23 @@ def _grid_parameters(
     return tuple(affine_lps[:3, 3]), tuple(spacing), tuple(direction.ravel())
 
 
+def _reversed_axes(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A C-contiguous copy of ``array.transpose(2, 1, 0)``, made one middle index at a time.
+
+    SimpleITK's arrays are ``(k, j, i)``, ours ``(i, j, k)``. A whole-array transposed copy
+    walks memory with a large stride on every element; copying plane ``[:, j, :]`` by plane
+    gives the same array about three times faster (seconds on a 512 x 512 x 300 CT,
+    ``bench/inference_e2e.py``).
+    """
+    out = np.empty(array.shape[::-1], dtype=array.dtype)
+    for j in range(array.shape[1]):
+        out[:, j, :] = array[:, j, :].T
+    return out
+
+
 def to_sitk(volume: Volume) -> sitk.Image:
     """A SimpleITK image with the volume's voxels and geometry."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    image = sitk.GetImageFromArray(_reversed_axes(volume.array))
     origin, spacing, direction = _grid_parameters(volume.affine_ras)
     image.SetOrigin(origin)
     image.SetSpacing(spacing)
@@ -56,12 +70,12 @@ def to_sitk(volume: Volume) -> sitk.Image:
 
 def from_sitk(image: sitk.Image, meta: dict[str, Any] | None = None) -> Volume:
     """A Volume from a SimpleITK image (array transposed to (i, j, k), affine to RAS)."""
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    array = _reversed_axes(sitk.GetArrayViewFromImage(image))
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * np.asarray(image.GetSpacing())
     affine_lps[:3, 3] = image.GetOrigin()
-    return Volume(np.ascontiguousarray(array), geometry.lps_to_ras_affine(affine_lps), meta or {})
+    return Volume(array, geometry.lps_to_ras_affine(affine_lps), meta or {})
 
 
 def resample_to_grid(
@@ -82,23 +96,28 @@ def resample_to_grid(
     if len(shape) != 3 or min(shape) < 1:
         raise GeometryMismatchError(f"A target grid needs three positive sizes, got {shape}.")
     source = to_sitk(volume)
-    reference = sitk.Image([int(s) for s in shape], source.GetPixelID())
     origin, spacing, direction = _grid_parameters(target_affine)
-    reference.SetOrigin(origin)
-    reference.SetSpacing(spacing)
-    reference.SetDirection(direction)
     if method is not Interpolation.NEAREST and volume.array.dtype.kind in "iu":
         source = sitk.Cast(source, sitk.sitkFloat32)
+    # The target grid is given by its parameters rather than a reference image: an image of the
+    # target size would be allocated (and zeroed) only to be read for its geometry.
     resampled = sitk.Resample(
-        source, reference, sitk.Transform(), _SITK_INTERPOLATORS[method], float(fill_value)
+        source,
+        [int(s) for s in shape],
+        sitk.Transform(),
+        _SITK_INTERPOLATORS[method],
+        origin,
+        spacing,
+        direction,
+        float(fill_value),
     )
-    array = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    array = _reversed_axes(sitk.GetArrayViewFromImage(resampled))
     if array.dtype != volume.array.dtype:
         if volume.array.dtype.kind in "iu":
             info = np.iinfo(volume.array.dtype)
             array = np.clip(np.rint(array), info.min, info.max)
         array = array.astype(volume.array.dtype)
-    return Volume(np.ascontiguousarray(array), target_affine, dict(volume.meta))
+    return Volume(array, target_affine, dict(volume.meta))
 
 
 def resample_like(

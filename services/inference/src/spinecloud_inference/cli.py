@@ -175,7 +175,10 @@ def segment(
     models_dir: Annotated[
         Path | None, typer.Option(help="Models folder (default: SPINECLOUD_DATA_DIR/models)")
     ] = None,
-    overlap: Annotated[float, typer.Option(min=0.0, max=0.95, help="Window overlap")] = 0.5,
+    overlap: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=0.95, help="Window overlap (default: the model's own, else 0.5)"),
+    ] = None,
     sw_batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass")] = 2,
 ) -> None:
     """Segment and label the vertebrae of a CT; write label map, centroids, summary, SEG."""

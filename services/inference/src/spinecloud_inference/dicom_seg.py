@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from spinecloud_shared import labels
+from spinecloud_shared.centroids import canonical_in_box
 from spinecloud_shared.dicom_seg_read import read_dicom_seg
 from spinecloud_shared.dicom_series import (
     array_to_frames,
@@ -200,17 +201,21 @@ def build_dicom_seg(
     GeometryMismatchError when the label map is not on the source grid.
     """
     ref = ModelRef.parse(model)
-    array = labels.check_canonical(label_map.array)
-    present = _present_ids(array)
+    # Validated, counted and relabelled inside the foreground box only: the rest is background.
+    array, box = canonical_in_box(label_map.array)
+    present = _present_ids(array[box] if box is not None else array[:0])
     datasets, _ = read_series_datasets(list(source_datasets), require_ct=False)
     _check_on_source_grid(label_map, datasets)
     to_segment = np.zeros(labels.MAX_ID + 1, dtype=np.uint8)
     for number, label_id in enumerate(present, start=1):
         to_segment[label_id] = number
+    segments = np.zeros(array.shape, dtype=np.uint8)
+    if box is not None:
+        segments[box] = to_segment[array[box]]
     uids = seg_uids(str(datasets[0].SeriesInstanceUID), ref)
     return hd.seg.Segmentation(
         source_images=datasets,
-        pixel_array=array_to_frames(to_segment[array]),
+        pixel_array=array_to_frames(segments),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[
             _segment_description(n, i, ref, uids) for n, i in enumerate(present, start=1)

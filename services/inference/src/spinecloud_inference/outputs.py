@@ -22,26 +22,29 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import nibabel.orientations as nio
 import numpy as np
 import numpy.typing as npt
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from spinecloud_inference.dicom_seg import ModelRef, write_dicom_seg
+from spinecloud_shared import geometry
 from spinecloud_shared import labels as scheme
 from spinecloud_shared.centroids import (
     Centroids,
+    canonical_in_box,
     centroids_from_labels,
     voxel_centres,
     write_ctd_json,
 )
 from spinecloud_shared.nifti import write_nifti
 from spinecloud_shared.volume import Volume
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "OUTPUT_FILES",
@@ -85,9 +88,15 @@ def voxel_volume_ml(grid: Volume) -> float:
 
 
 def voxel_counts(label_map: Volume) -> dict[int, int]:
-    """Canonical id -> number of voxels, for each class present, head to feet."""
-    array = scheme.check_canonical(label_map.array)
-    counts = np.bincount(array.ravel(), minlength=scheme.MAX_ID + 1)
+    """Canonical id -> number of voxels, for each class present, head to feet.
+
+    Counted inside the map's foreground box (``centroids.canonical_in_box``): the same counts
+    as over the whole map, without passes over its background.
+    """
+    array, box = canonical_in_box(label_map.array)
+    if box is None:
+        return {}
+    counts = np.bincount(array[box].ravel(), minlength=scheme.MAX_ID + 1)
     present = sorted((int(i) for i in np.flatnonzero(counts) if i != 0), key=_order)
     return {i: int(counts[i]) for i in present}
 
@@ -180,8 +189,15 @@ class _Panel:
     letters: _CompassLetters
 
 
-def _spine_path(labels_ras: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.intp], ...]:
+def _spine_path(
+    labels_ras: npt.NDArray[np.uint8],
+    shape: tuple[int, int, int],
+    origin: tuple[int, int, int] = (0, 0, 0),
+) -> tuple[npt.NDArray[np.intp], ...]:
     """Per axial slice ``z`` of an RAS grid, the ``x`` and ``y`` indices the views cut through.
+
+    ``labels_ras`` is the grid's label map or a crop of it starting at index ``origin`` of a
+    grid of ``shape`` (the preview passes the crop around the labels).
 
     The views follow the spine (a curved reformat): ``x`` through each vertebra's centroid,
     ``y`` halfway between its centroid and its anterior edge, which lies in the vertebral body
@@ -189,15 +205,15 @@ def _spine_path(labels_ras: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.intp]
     Anchors are interpolated along ``z``, held constant beyond the first and last vertebra.
     Without any label the views pass through the middle of the volume.
     """
-    nx, ny, nz = labels_ras.shape
+    nx, ny, nz = shape
     # Centres inside each class's box: a whole-volume center_of_mass dominated the preview.
-    by_label = voxel_centres(labels_ras)
+    by_label = voxel_centres(labels_ras, origin)
     if not by_label:
         return np.full(nz, nx // 2, dtype=np.intp), np.full(nz, ny // 2, dtype=np.intp)
     present = sorted(by_label)
     centres = np.asarray([by_label[i] for i in present])
     boxes = ndimage.find_objects(labels_ras)
-    anterior = np.array([float(boxes[i - 1][1].stop - 1) for i in present])
+    anterior = np.array([float(boxes[i - 1][1].stop - 1 + origin[1]) for i in present])
     order = np.argsort(centres[:, 2])
     z = np.arange(nz, dtype=np.float64)
     x_path = np.interp(z, centres[order, 2], centres[order, 0])
@@ -229,25 +245,53 @@ def _crop_to_body(panel: _Panel) -> _Panel:
     )
 
 
+def _ras_view(volume: Volume) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    """``volume.reoriented("RAS")``'s array as a view (no copy of the volume) and its affine.
+
+    The preview reads two planes of it; copying a 512 x 512 x 300 CT and its label map into
+    RAS order cost about a second (``bench/inference_e2e.py``).
+    """
+    transform = nio.ornt_transform(nio.io_orientation(volume.affine_ras), nio.axcodes2ornt("RAS"))
+    array = nio.apply_orientation(volume.array, transform)
+    affine = volume.affine_ras @ nio.inv_ornt_aff(transform, volume.array.shape)
+    return array, affine
+
+
+def _labels_path(
+    label_map: Volume, ras_affine: npt.NDArray[np.float64], shape: tuple[int, int, int]
+) -> tuple[npt.NDArray[np.intp], ...]:
+    """``_spine_path`` of the label map in RAS order, measured on the crop around its labels."""
+    array, box = canonical_in_box(label_map.array)
+    if box is None:
+        return _spine_path(np.zeros((1, 1, 1), dtype=np.uint8), shape)
+    offset = label_map.affine_ras.copy()
+    offset[:3, 3] = label_map.world_coordinates(np.array([s.start for s in box], dtype=float))
+    crop = Volume(array[box], offset).reoriented("RAS")
+    corner = np.linalg.inv(ras_affine) @ np.append(crop.affine_ras[:3, 3], 1.0)
+    origin = tuple(int(v) for v in np.rint(corner[:3]))
+    return _spine_path(crop.array, shape, (origin[0], origin[1], origin[2]))
+
+
 def _panels(ct: Volume, label_map: Volume) -> tuple[_Panel, _Panel]:
     """Sagittal and coronal views along the spine, head up, radiological left/right."""
-    ct_ras, labels_ras = ct.reoriented("RAS"), label_map.reoriented("RAS")
-    x_path, y_path = _spine_path(labels_ras.array)
-    sx, sy, sz = ct_ras.spacing_mm
-    nx, ny, nz = ct_ras.shape
+    ct_ras, affine = _ras_view(ct)
+    labels_ras, _ = _ras_view(label_map)
+    nx, ny, nz = (int(n) for n in ct_ras.shape)
+    x_path, y_path = _labels_path(label_map, affine, (nx, ny, nz))
+    sx, sy, sz = geometry.spacing_from_affine(affine)
     z = np.arange(nz)
     sagittal = _Panel(
         "Sagittal (along the spine)",
-        _view(ct_ras.array[x_path, :, z].T),
-        _view(labels_ras.array[x_path, :, z].T),
+        _view(ct_ras[x_path, :, z].T),
+        _view(labels_ras[x_path, :, z].T),
         ny * sy,
         nz * sz,
         ("A", "P"),
     )
     coronal = _Panel(
         "Coronal (through the vertebral bodies)",
-        _view(ct_ras.array[:, y_path, z]),
-        _view(labels_ras.array[:, y_path, z]),
+        _view(ct_ras[:, y_path, z]),
+        _view(labels_ras[:, y_path, z]),
         nx * sx,
         nz * sz,
         ("R", "L"),
@@ -320,6 +364,10 @@ def write_preview(
     ct: Volume, label_map: Volume, path: str | Path, *, model_ref: ModelRef | str
 ) -> Path:
     """Save the sagittal + coronal preview PNG (``PREVIEW_SIZE_PX``), labels over the CT."""
+    # matplotlib is imported here, not with the module: it is only needed for this picture.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     ct.require_same_grid(label_map, what="CT and label map")
     model = ModelRef.parse(model_ref)
     width_px, height_px = PREVIEW_SIZE_PX
@@ -365,7 +413,7 @@ def write_outputs(
     instances) are given; it then requires the grid to be the series' DICOM grid.
     """
     ct.require_same_grid(labels, what="CT and label map")
-    label_map = labels.with_array(scheme.check_canonical(labels.array))
+    label_map = labels.with_array(canonical_in_box(labels.array)[0])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in OUTPUT_FILES.items()}

@@ -193,7 +193,10 @@ def normalise(array: npt.NDArray[Any], intensity: Intensity) -> npt.NDArray[np.f
 
 def prepare(ct: Volume, manifest: Manifest) -> Volume:
     """The CT on the model's grid (orientation, spacing), normalised, as float32."""
-    oriented = Volume(ct.array.astype(np.float32), ct.affine_ras).reoriented(manifest.orientation)
+    # Reoriented before the cast to float32 (the same values): the reorientation copy then
+    # moves int16 voxels, half the bytes.
+    reoriented = Volume(ct.array, ct.affine_ras).reoriented(manifest.orientation)
+    oriented = reoriented.with_array(reoriented.array.astype(np.float32))
     resampled = resample_to_spacing(
         oriented,
         manifest.target_spacing_mm,

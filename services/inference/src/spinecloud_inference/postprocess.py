@@ -21,6 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from spinecloud_shared import labels
+from spinecloud_shared.centroids import canonical_in_box
 from spinecloud_shared.volume import Volume
 
 #: Classes whose largest piece is smaller than this (ml) are removed. A real vertebra, even
@@ -107,11 +108,20 @@ def clean_labels(
 
     The input is not modified; the result is a uint8 label map on the same grid.
     """
-    array = labels.check_canonical(label_map.array).copy()
+    checked, outer = canonical_in_box(label_map.array)
+    array = checked.copy() if checked is label_map.array else checked
     voxel_ml = voxel_volume_ml(label_map)
     report: dict[int, ClassComponents] = {}
-    for index, box in enumerate(ndimage.find_objects(array)):
-        if box is not None:
+    if outer is None:
+        return CleanedLabels(label_map.with_array(array), report)
+    # Classes are found inside the foreground box (a crop of a mostly empty map), then their
+    # boxes are shifted back to the whole map's indices.
+    for index, inner in enumerate(ndimage.find_objects(array[outer])):
+        if inner is not None:
+            box = tuple(
+                slice(o.start + i.start, o.start + i.stop)
+                for o, i in zip(outer, inner, strict=True)
+            )
             label = index + 1
             report[label] = _clean_class(array, label, box, voxel_ml, min_fragment_ml)
     return CleanedLabels(label_map.with_array(array), report)

@@ -3,8 +3,9 @@
 :func:`run_segment_job` is what the Celery task (``tasks.py``) runs, with its collaborators
 passed in (a session factory, an Orthanc client) so that tests can call it directly. Stages
 are timed (``fetch_s``, ``decode_s``, ``load_s``, ``preprocess_s``, ``forward_s``,
-``postprocess_s``, ``encode_s``, ``store_s``) and recorded on the job with the findings and
-output locations.
+``postprocess_s``, ``encode_s``, ``write_s`` for the output files, ``store_s``) and recorded on
+the job with the findings and output locations (``summary.json`` gets the timings up to the
+write).
 
 Bad input fails fast: the series is decoded (``dicom_*`` codes) and the image checked
 (``image_too_small``, ``image_all_air``, ``image_all_metal``) before the model is loaded, and a
@@ -198,14 +199,15 @@ def run_segment_job(
     with timer.stage("encode"):
         seg_bytes = _encode(result, datasets, result.model_ref)
     out_dir = (artifact_dir or get_settings().resolved_artifact_dir) / "jobs" / job_id
-    paths = write_outputs(
-        ct,
-        result.labels,
-        out_dir,
-        model_ref=result.model_ref,
-        findings=result.findings,
-        timings=timer.seconds,
-    )
+    with timer.stage("write"):
+        paths = write_outputs(
+            ct,
+            result.labels,
+            out_dir,
+            model_ref=result.model_ref,
+            findings=result.findings,
+            timings=dict(timer.seconds),
+        )
     with timer.stage("store"):
         stored = orthanc.store(seg_bytes)
     outputs = _outputs(spec, seg_bytes, stored, {k: str(v) for k, v in paths.items()})

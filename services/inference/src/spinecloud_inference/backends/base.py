@@ -63,26 +63,41 @@ class SegmentationBackend(Protocol):
         ...
 
 
+#: Sliding-window overlap when neither the caller nor the model gives one.
+DEFAULT_OVERLAP = 0.5
+
+
 @dataclass(frozen=True, kw_only=True)
 class InferenceOptions:
     """How a backend runs its network; each backend uses the fields that apply to it.
 
-    ``overlap`` is the fraction of a patch shared by neighbouring sliding windows;
+    ``overlap`` is the fraction of a patch shared by neighbouring sliding windows; None (the
+    default) takes the model's own value, the one it was validated with (a MONAI bundle's
+    ``configs/inference.json`` ``inferer.overlap``: 0.25 for the SegResNet presets), and
+    ``DEFAULT_OVERLAP`` when the model names none (nnU-Net: its usual step of 0.5);
     ``sw_batch_size`` the number of windows per forward call; ``amp`` enables float16/bfloat16
     autocast on CUDA (never on CPU); ``max_stitch_bytes`` bounds the stitched per-channel output
     held at once: larger volumes are processed in slabs (see ``monai_bundle``).
     """
 
-    overlap: float = 0.5
+    overlap: float | None = None
     sw_batch_size: int = 2
     amp: bool = True
     max_stitch_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}.")
         if self.sw_batch_size < 1 or self.max_stitch_bytes < 1:
             raise ValueError("sw_batch_size and max_stitch_bytes must be positive.")
+
+    def window_overlap(self, model_overlap: float | None = None) -> float:
+        """The overlap to run with: the caller's, else the model's, else ``DEFAULT_OVERLAP``."""
+        if self.overlap is not None:
+            return self.overlap
+        if model_overlap is not None and 0.0 <= model_overlap < 1.0:
+            return model_overlap
+        return DEFAULT_OVERLAP
 
 
 class BackendLoader(Protocol):

@@ -26,6 +26,7 @@ GPU only when they take less than a quarter of its free memory, else they go to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -80,6 +81,13 @@ def _refuse_expressions(value: Any, path: Path) -> None:
     if isinstance(value, dict | list):
         for child in children:
             _refuse_expressions(child, path)
+
+
+def model_overlap(folder: Path) -> float | None:
+    """The sliding-window overlap the bundle names (``inferer.overlap``), if it names one."""
+    inferer = _read_json(folder / INFERENCE_FILE).get("inferer")
+    value = inferer.get("overlap") if isinstance(inferer, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _network_definition(folder: Path) -> tuple[dict[str, Any], int]:
@@ -186,13 +194,16 @@ def load_monai_bundle(
     else:
         network = _load_state_dict(_instantiate(network_def, folder / INFERENCE_FILE), weights)
     network = network.to(device).eval()
-    logger.info("loaded MONAI bundle %s (%s) on %s", manifest.ref, weights.name, device)
+    overlap = options.window_overlap(model_overlap(folder))
+    logger.info(
+        "loaded MONAI bundle %s (%s) on %s, overlap %g", manifest.ref, weights.name, device, overlap
+    )
     return MonaiBundleBackend(
         network=network,
         manifest=manifest,
         device=device,
         num_channels=channels,
-        options=options,
+        options=dataclasses.replace(options, overlap=overlap),
         metadata=metadata,
     )
 
@@ -305,6 +316,11 @@ class MonaiBundleBackend:
         return self._manifest
 
     @property
+    def overlap(self) -> float:
+        """The sliding-window overlap this backend runs with (resolved when it was loaded)."""
+        return self.options.window_overlap()
+
+    @property
     def device(self) -> str:
         """Where the network runs."""
         return self._device
@@ -325,13 +341,13 @@ class MonaiBundleBackend:
         slabs = plan_slabs(
             shape,
             patch,
-            overlap=self.options.overlap,
+            overlap=self.overlap,
             num_channels=self.num_channels,
             max_stitch_bytes=self.options.max_stitch_bytes,
         )
         batches = sum(
             math.ceil(
-                window_count(_slab_shape(shape, s), patch, self.options.overlap)
+                window_count(_slab_shape(shape, s), patch, self.overlap)
                 / self.options.sw_batch_size
             )
             for s in slabs
@@ -355,7 +371,7 @@ class MonaiBundleBackend:
                 roi_size=self.manifest.patch_size,
                 sw_batch_size=self.options.sw_batch_size,
                 predictor=predictor,
-                overlap=self.options.overlap,
+                overlap=self.overlap,
                 mode="gaussian",
                 sw_device=self.device,
                 device=self._stitch_device(tensor),

@@ -46,7 +46,6 @@ import numpy.typing as npt
 import torch
 
 from spinecloud_inference.backends.base import FractionCallback, InferenceOptions
-from spinecloud_inference.worker_settings import configure_nnunet_environment
 from spinecloud_shared import labels
 from spinecloud_shared.errors import LabelError, ModelArtifactError
 from spinecloud_shared.models.manifest import (
@@ -329,7 +328,7 @@ def _new_predictor(device: torch.device, options: InferenceOptions) -> nnUNetPre
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     return nnUNetPredictor(
-        tile_step_size=1.0 - options.overlap,
+        tile_step_size=1.0 - options.window_overlap(),
         use_gaussian=True,
         use_mirroring=USE_MIRRORING,
         perform_everything_on_device=device.type == "cuda",
@@ -489,6 +488,10 @@ def load_nnunet_model(
     ``nnUNet_def_n_proc`` is exported first (``worker_settings``), in case nnunetv2 is not
     imported yet.
     """
+    # Imported here: worker_settings pulls in the job/database layer, which the
+    # ``spinecloud segment`` command with a MONAI model never needs (bench/inference_e2e.py).
+    from spinecloud_inference.worker_settings import configure_nnunet_environment
+
     configure_nnunet_environment()
     folder = folder.resolve()
     model_folder = trained_model_folder(folder)
