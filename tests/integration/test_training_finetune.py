@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 from spinecloud_inference.backends import load_model
 from spinecloud_inference.dicom_seg import build_dicom_seg
@@ -74,7 +75,8 @@ DEFAULT_MODEL = (
     REPO / "services/inference/src/spinecloud_inference/default_models/spine-segresnet-demo/0.1.0"
 )
 SPACING_MM = (3.0, 3.0, 3.0)
-VIEWER = {"manufacturer": "Example Viewer Co", "manufacturer_model_name": "ExampleViewer"}
+VIEWER_MANUFACTURER = "Example Viewer Co"
+VIEWER_MODEL_NAME = "ExampleViewer"
 SPINAL_CORD = ("2748008", "SCT", "Spinal cord")
 ITERATIONS = 8
 
@@ -154,9 +156,10 @@ def clinician_seg(
         software_versions="3.1",
         device_serial_number="viewer-1",
         series_description="Corrected vertebrae",
-        **VIEWER,
+        manufacturer=VIEWER_MANUFACTURER,
+        manufacturer_model_name=VIEWER_MODEL_NAME,
     )
-    seg.ContentDate, seg.ContentTime = content
+    seg.ContentDate, seg.ContentTime = DA(content[0]), TM(content[1])
     return seg
 
 
@@ -330,7 +333,8 @@ def test_new_version_is_served_and_evaluated(loop: Loop) -> None:
     assert served.labels.same_grid(ct)
     assert np.any(served.labels.array)
     scored = metrics_api.evaluate_volumes(served.labels, loop.studies[name].truth, case_id=name)
-    assert 0.0 <= float(scored.summary()["mean_dice"]) <= 1.0
+    mean_dice = scored.summary()["mean_dice"]
+    assert isinstance(mean_dice, float) and 0.0 <= mean_dice <= 1.0
     # The loop's own "after" prediction of this case lies on the same CT grid.
     after = read_nifti(loop.work_dir / "evaluation" / "after" / f"{val.case_id}.nii.gz")
     assert after.same_grid(ct)

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from spinecloud_metrics.panel import PANEL_METRICS, PanelConfig, Status, evaluate_arrays
+from spinecloud_metrics.panel import (
+    PANEL_METRICS,
+    ClassResult,
+    PanelConfig,
+    Status,
+    SurfaceMode,
+    evaluate_arrays,
+)
 from spinecloud_shared.errors import InvalidInputError
 
 from .test_metrics_support import ANISO, blob_pair
@@ -19,7 +26,7 @@ SHAPE = (12, 10, 8)
 ONE = PanelConfig(classes=(1,))
 
 
-def _one(pred: np.ndarray, ref: np.ndarray, config: PanelConfig = ONE):
+def _one(pred: np.ndarray, ref: np.ndarray, config: PanelConfig = ONE) -> ClassResult:
     return evaluate_arrays(pred.astype(np.uint8), ref.astype(np.uint8), ANISO, config)[0]
 
 
@@ -181,7 +188,7 @@ def test_config_is_validated_eagerly(settings: dict[str, object]) -> None:
         PanelConfig(**settings)  # type: ignore[arg-type]
 
 
-FACES = PanelConfig(classes=(1,), surface="faces")
+FACES = PanelConfig(classes=(1,), surface=SurfaceMode.FACES)
 
 
 def test_faces_mode_identical_and_single_voxel() -> None:

@@ -24,7 +24,7 @@ from monai.metrics import (
 )
 from numpy.testing import assert_allclose
 
-from spinecloud_metrics.panel import PanelConfig, evaluate_arrays
+from spinecloud_metrics.panel import PanelConfig, SurfaceMode, evaluate_arrays
 from spinecloud_metrics.surface import SurfaceDistances
 
 from .test_metrics_support import ANISO, ball, blob_pair
@@ -39,13 +39,17 @@ ONE = PanelConfig(classes=(1,))
 
 
 def _panel(
-    pred: npt.NDArray[np.uint8], ref: npt.NDArray[np.uint8], spacing=ANISO
+    pred: npt.NDArray[np.uint8],
+    ref: npt.NDArray[np.uint8],
+    spacing: tuple[float, float, float] = ANISO,
 ) -> dict[str, float]:
     return evaluate_arrays(pred, ref, spacing, ONE)[0].metrics
 
 
 def _monai(
-    pred: npt.NDArray[np.uint8], ref: npt.NDArray[np.uint8], spacing=ANISO
+    pred: npt.NDArray[np.uint8],
+    ref: npt.NDArray[np.uint8],
+    spacing: tuple[float, float, float] = ANISO,
 ) -> dict[str, float]:
     p = torch.from_numpy(pred == 1)[None, None]
     r = torch.from_numpy(ref == 1)[None, None]
@@ -151,7 +155,7 @@ def test_deepmind_hausdorff_agrees_on_shifted_boxes(shift: tuple[int, int, int])
     assert_allclose(ours["hd95"], expected_shift_mm, rtol=1e-12)
 
 
-FACES = PanelConfig(classes=(1,), surface="faces")
+FACES = PanelConfig(classes=(1,), surface=SurfaceMode.FACES)
 
 
 def _deepmind_faces_cases() -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]]:
