@@ -475,6 +475,7 @@ def _register(spec: JobSpec, trained: Trained, eval_dir: Path, cases: list[str])
                 pred_dir=str(eval_dir / PRED_DIR),
                 ref_dir=str(eval_dir / REF_DIR),
                 params={"report_dir": str(eval_dir / "report")},
+                project_id=job.project_id,
             )
             session.add(evaluation)
             session.flush()
