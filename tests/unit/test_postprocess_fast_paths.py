@@ -18,11 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from spinecloud_inference.backends import DEFAULT_MODEL, resolve_model_folder
 from spinecloud_inference.outputs import voxel_counts
-from spinecloud_inference.pipeline import to_source_grid
+from spinecloud_inference.pipeline import OUTSIDE_HU, normalise, prepare, to_source_grid
 from spinecloud_inference.postprocess import clean_labels, voxel_volume_ml
 from spinecloud_shared import labels
 from spinecloud_shared.centroids import centroids_from_labels, foreground_box
+from spinecloud_shared.models.manifest import read_manifest
 from spinecloud_shared.resample import _grid_parameters, grid_for_spacing, resample_to_grid
 from spinecloud_shared.volume import Volume
 
@@ -162,3 +164,23 @@ def test_empty_map_has_no_box_and_no_labels() -> None:
     assert not result.array.any()
     assert voxel_counts(result) == {}
     assert centroids_from_labels(result) == {}
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "PIR"])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.float64])
+def test_prepare_equals_a_reoriented_float32_copy(orientation: str, dtype: type) -> None:
+    """The model input is the same whether the CT is cast and reoriented first or not."""
+    manifest = read_manifest(resolve_model_folder(DEFAULT_MODEL), verify=False)
+    ct = _source_grid(orientation, (0.8, 0.9, 1.5), (61, 47, 33))
+    hu: npt.NDArray[Any] = np.random.default_rng(1).integers(-1000, 2000, ct.shape).astype(dtype)
+    oriented = Volume(hu.astype(np.float32), ct.affine_ras).reoriented(manifest.orientation)
+    expected = resample_to_grid(
+        oriented,
+        *grid_for_spacing(oriented, manifest.target_spacing_mm),
+        interpolation="linear",
+        fill_value=OUTSIDE_HU,
+    )
+    got = prepare(ct.with_array(hu), manifest)
+    assert got.array.dtype == np.float32
+    assert np.array_equal(got.affine_ras, expected.affine_ras)
+    assert np.array_equal(got.array, normalise(expected.array, manifest.intensity))

@@ -85,11 +85,14 @@ def resample_to_grid(
     *,
     interpolation: Interpolation | str = Interpolation.LINEAR,
     fill_value: float = 0.0,
+    dtype: npt.DTypeLike | None = None,
 ) -> Volume:
     """The volume's content sampled on another grid; voxels outside it get ``fill_value``.
 
     The output keeps the input dtype (rounded for integer images after linear or B-spline
-    interpolation).
+    interpolation) unless ``dtype`` names another. Integer images are interpolated in float32
+    (linear, B-spline), so an int16 CT resampled with ``dtype=np.float32`` equals the same CT
+    cast to float32 first, without the full-size float copy.
     """
     method = Interpolation(interpolation)
     target_affine = geometry.check_affine(affine_ras)
@@ -112,11 +115,12 @@ def resample_to_grid(
         float(fill_value),
     )
     array = _reversed_axes(sitk.GetArrayViewFromImage(resampled))
-    if array.dtype != volume.array.dtype:
-        if volume.array.dtype.kind in "iu":
-            info = np.iinfo(volume.array.dtype)
+    target = volume.array.dtype if dtype is None else np.dtype(dtype)
+    if array.dtype != target:
+        if target.kind in "iu":
+            info = np.iinfo(target)
             array = np.clip(np.rint(array), info.min, info.max)
-        array = array.astype(volume.array.dtype)
+        array = array.astype(target)
     return Volume(array, target_affine, dict(volume.meta))
 
 
@@ -165,9 +169,11 @@ def resample_to_spacing(
     *,
     interpolation: Interpolation | str = Interpolation.LINEAR,
     fill_value: float = 0.0,
+    dtype: npt.DTypeLike | None = None,
 ) -> Volume:
-    """The volume at another voxel size, same orientation and physical extent."""
+    """The volume at another voxel size, same orientation and physical extent (``dtype``: as
+    for :func:`resample_to_grid`)."""
     affine, shape = grid_for_spacing(volume, spacing_mm)
     return resample_to_grid(
-        volume, affine, shape, interpolation=interpolation, fill_value=fill_value
+        volume, affine, shape, interpolation=interpolation, fill_value=fill_value, dtype=dtype
     )
