@@ -84,9 +84,9 @@ def test_two_gloo_ranks_step_together_and_rank_zero_writes(tmp_path: Path) -> No
     # Rank 0 wrote the bundle, its checkpoint, its validation and the progress reports.
     manifest = read_manifest(tmp_path / "bundle", verify=True)
     assert manifest.lineage.config["world_size"] == 2
-    assert sorted(manifest.lineage.split.split("(")[1].split(")")[0].split(", ")) == sorted(
-        halves[0] | halves[1]
-    )
+    split = manifest.lineage.split
+    assert split is not None
+    assert sorted(split.split("(")[1].split(")")[0].split(", ")) == sorted(halves[0] | halves[1])
     assert manifest.metrics["val_cases"] == 1
     assert (tmp_path / "work" / CHECKPOINT_FILE).is_file()
     events = progress.events()
