@@ -36,7 +36,7 @@ network calls inside ``forward``; ``fetch`` is a disk read here, not HTTP.
 windows, DESIGN.md Models) instead of the demo model: the training package's bundle writer
 saves it with random weights into the temporary folder (never committed). Its network is
 about a hundred times the demo's work per window, so the overhead share is measured on a
-network of the size the target concerns. Slow on two CPU cores (about 10 min per series).
+network of the size the target concerns. Slow on two CPU cores (4-8 min per series).
 
 Sizes: ``--shape X Y Z`` (default 128 x 128 x 75, a quick check); the recorded run uses
 ``--shape 512 512 300``. The field of view is always about 410 x 410 x 300 mm (spacing 0.8 x 0.8
