@@ -7,7 +7,7 @@ import pytest
 
 from spinecloud_shared.errors import GeometryMismatchError, InvalidInputError, SpineCloudError
 from spinecloud_training.presets import DEMO, NetworkConfig
-from spinecloud_training.worker_job import _error_from_child, build_preset
+from spinecloud_training.worker_job import build_preset, error_from_child
 
 
 def test_preset_overrides_from_json() -> None:
@@ -41,7 +41,7 @@ def test_bad_presets_are_invalid_input(
 
 
 def test_child_errors_keep_their_kind_and_details() -> None:
-    error = _error_from_child("geometry_mismatch", "s1: off grid", {"excluded": [1]})
+    error = error_from_child("geometry_mismatch", "s1: off grid", {"excluded": [1]})
     assert isinstance(error, GeometryMismatchError) and error.details == {"excluded": [1]}
-    unknown = _error_from_child("something_new", "odd", {})
+    unknown = error_from_child("something_new", "odd", {})
     assert type(unknown) is SpineCloudError and unknown.message == "odd"

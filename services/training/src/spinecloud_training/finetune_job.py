@@ -45,6 +45,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from spinecloud_shared.db.job_status import KEEP_FINISHED
 from spinecloud_shared.db.models import RegisteredModel, TrainingJob
 from spinecloud_shared.db.session import session_scope
 from spinecloud_shared.errors import InvalidInputError, NotFoundError, SpineCloudError
@@ -57,20 +58,19 @@ from spinecloud_training.finetune import FinetuneRequest, FinetuneResult, finetu
 from spinecloud_training.finetune_cli import REPLAY_SEED
 from spinecloud_training.segresnet import Phase, TrainingProgress
 from spinecloud_training.worker_job import (
-    _KEPT,
     CHILD_RESULT_FILE,
     JobReporter,
     JobSpec,
     Trained,
-    _check_version_free,
-    _data,
-    _die_with_parent,
-    _error_from_child,
-    _load_spec,
-    _mark_cancelled,
-    _publish_folder,
-    _register,
-    _update_result,
+    check_version_free,
+    die_with_parent,
+    error_from_child,
+    job_data,
+    load_spec,
+    mark_cancelled,
+    publish_folder,
+    register_trained,
+    update_result,
     work_dir,
 )
 
@@ -114,7 +114,7 @@ def original_data(
         dataset=job.dataset, model_name=job.model_name, model_version=job.model_version,
         params=dict(job.params or {}), result={},
     )  # fmt: skip
-    return _data(spec)
+    return job_data(spec)
 
 
 def _sample(sources: Sequence[CaseSource], count: int, seed: int, prefix: str) -> list[CaseSource]:
@@ -203,7 +203,7 @@ def _payload(
 
 def run_finetune_child(job_id: str) -> int:
     """The fine-tune's heavy part in a process of its own (as ``run_training_child``)."""
-    spec = _load_spec(job_id)
+    spec = load_spec(job_id)
     work = work_dir(job_id)
     work.mkdir(parents=True, exist_ok=True)
     reporter = JobReporter(job_id)
@@ -223,13 +223,13 @@ def _run_child(spec: JobSpec, work: Path) -> dict[str, Any]:
     result_file = work / CHILD_RESULT_FILE
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "spinecloud_training.child", spec.job_id]
-    completed = subprocess.run(command, check=False, preexec_fn=_die_with_parent)
+    completed = subprocess.run(command, check=False, preexec_fn=die_with_parent)
     if not result_file.is_file():
         raise RuntimeError(f"fine-tune child process exited with {completed.returncode}")
     payload: dict[str, Any] = json.loads(result_file.read_text())
     if "error" in payload:
         error = payload["error"]
-        raise _error_from_child(error["code"], error["message"], error.get("details") or {})
+        raise error_from_child(error["code"], error["message"], error.get("details") or {})
     return payload
 
 
@@ -242,30 +242,30 @@ def _copy_scores(scratch: Path, out: Path) -> list[str]:
 
 def run_finetune_job(job_id: str) -> dict[str, Any]:
     """Run fine-tune job ``job_id`` (module docstring); its result."""
-    spec = _load_spec(job_id)
-    if spec.status in _KEPT:
+    spec = load_spec(job_id)
+    if spec.status in KEEP_FINISHED:
         return spec.result
-    _check_version_free(spec)
+    check_version_free(spec)
     work = work_dir(job_id)
     work.mkdir(parents=True, exist_ok=True)
     try:
         payload = _run_child(spec, work)
     except SpineCloudError as exc:
         if "excluded" in exc.details:
-            _update_result(job_id, {"excluded": exc.details["excluded"]})
+            update_result(job_id, {"excluded": exc.details["excluded"]})
         raise
     details, excluded = payload["details"], payload["excluded"]
     if not payload["completed"]:
-        _mark_cancelled(job_id, {**details, "excluded": excluded})
-        return _load_spec(job_id).result
+        mark_cancelled(job_id, {**details, "excluded": excluded})
+        return load_spec(job_id).result
     if not payload["accepted"]:
         logger.info("fine-tune %s rejected: %s", job_id, details["finetune"])
         with session_scope() as session:
             job = session.get_one(TrainingJob, job_id)
             job.result = {**details, "excluded": excluded, "registered_model_id": None}
             job.progress = {**(job.progress or {}), "phase": Phase.FINISHED.value}
-        return _load_spec(job_id).result
-    artefact = _publish_folder(Path(payload["artefact"]), spec)
+        return load_spec(job_id).result
+    artefact = publish_folder(Path(payload["artefact"]), spec)
 
     def write_eval(out: Path) -> list[str]:
         return _copy_scores(work / "run", out)
@@ -274,4 +274,4 @@ def run_finetune_job(job_id: str) -> dict[str, Any]:
     eval_dir = work / "evaluation"
     shutil.rmtree(eval_dir, ignore_errors=True)
     cases = trained.write_eval(eval_dir)
-    return _register(spec, trained, eval_dir, cases)
+    return register_trained(spec, trained, eval_dir, cases)

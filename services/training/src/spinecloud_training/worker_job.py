@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import select
 
 from spinecloud_shared.db.datasets import DATASET_PREFIX
+from spinecloud_shared.db.job_status import KEEP_FINISHED
 from spinecloud_shared.db.models import Evaluation, JobStatus, RegisteredModel, TrainingJob
 from spinecloud_shared.db.registry import RegistryConflictError, json_safe, register_model
 from spinecloud_shared.db.session import session_scope
@@ -70,11 +71,23 @@ from spinecloud_training.segresnet import (
 )
 
 __all__ = [
+    "CHILD_RESULT_FILE",
     "PROGRESS_INTERVAL_S",
     "JobReporter",
+    "JobSpec",
+    "Trained",
     "build_preset",
+    "check_version_free",
+    "die_with_parent",
+    "error_from_child",
+    "job_data",
+    "load_spec",
+    "mark_cancelled",
     "models_root",
+    "publish_folder",
+    "register_trained",
     "run_training_job",
+    "update_result",
     "work_dir",
 ]
 
@@ -82,7 +95,6 @@ logger = logging.getLogger(__name__)
 
 #: Shortest interval between two progress writes (and two cancellation reads) of a job.
 PROGRESS_INTERVAL_S = 2.0
-_KEPT = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
 _TUPLE_FIELDS = ("spacing_mm", "patch_size", "window_hu", "pos_neg")
 
 
@@ -201,7 +213,7 @@ class JobReporter:
 # --------------------------------------------------------------------------- the job row
 
 
-def _load_spec(job_id: str) -> JobSpec:
+def load_spec(job_id: str) -> JobSpec:
     with session_scope() as session:
         job = session.get(TrainingJob, job_id)
         if job is None:
@@ -220,7 +232,7 @@ def _load_spec(job_id: str) -> JobSpec:
         )
 
 
-def _check_version_free(spec: JobSpec) -> None:
+def check_version_free(spec: JobSpec) -> None:
     """A registered name@version from another job (or none) cannot be trained again."""
     with session_scope() as session:
         existing = session.scalars(
@@ -237,13 +249,13 @@ def _check_version_free(spec: JobSpec) -> None:
             )
 
 
-def _update_result(job_id: str, values: Mapping[str, Any]) -> None:
+def update_result(job_id: str, values: Mapping[str, Any]) -> None:
     with session_scope() as session:
         job = session.get_one(TrainingJob, job_id)
         job.result = json_safe({**(job.result or {}), **values})
 
 
-def _mark_cancelled(job_id: str, details: Mapping[str, Any]) -> dict[str, Any]:
+def mark_cancelled(job_id: str, details: Mapping[str, Any]) -> dict[str, Any]:
     result = {"cancelled": True, **details}
     with session_scope() as session:
         job = session.get_one(TrainingJob, job_id)
@@ -256,7 +268,7 @@ def _mark_cancelled(job_id: str, details: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- backends
 
 
-def _data(spec: JobSpec) -> DataSplit:
+def job_data(spec: JobSpec) -> DataSplit:
     params = spec.params
     if spec.dataset == "phantoms":
         return phantom_split(
@@ -273,7 +285,7 @@ def _data(spec: JobSpec) -> DataSplit:
     return layout_split(root)
 
 
-def _publish_folder(source: Path, spec: JobSpec) -> Path:
+def publish_folder(source: Path, spec: JobSpec) -> Path:
     """Copy a finished artefact folder to the site models folder (replacing a partial copy)."""
     target = models_root() / spec.model_name / spec.model_version
     staging = target.with_name(target.name + ".partial")
@@ -296,7 +308,7 @@ def _segresnet_payload(spec: JobSpec, work: Path, reporter: JobReporter) -> dict
     resume = (checkpoints / CHECKPOINT_FILE).is_file()
     request = TrainRequest(
         preset=preset,
-        data=_data(spec),
+        data=job_data(spec),
         output_dir=work / "bundle",
         work_dir=checkpoints,
         name=spec.model_name,
@@ -334,7 +346,7 @@ def _nnunet_request(spec: JobSpec, work: Path) -> NnUNetRequest:
         val_iterations_per_epoch=params.get("val_iterations_per_epoch"),
     )
     return NnUNetRequest(
-        data=_data(spec),
+        data=job_data(spec),
         work_dir=work / "nnunet",
         output_dir=models_root() / spec.model_name / spec.model_version,
         name=spec.model_name,
@@ -379,7 +391,7 @@ def run_training_child(job_id: str) -> int:
     nnU-Net (planning, preprocessing, augmentation, export) and torch's data loader workers
     need; a plain child process may.
     """
-    spec = _load_spec(job_id)
+    spec = load_spec(job_id)
     work = work_dir(job_id)
     reporter = JobReporter(job_id)
     payload: dict[str, Any]
@@ -397,7 +409,7 @@ def run_training_child(job_id: str) -> int:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: receive SIGKILL when the worker process that started it dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -408,20 +420,20 @@ def _train(spec: JobSpec, work: Path) -> Trained | None:
     result_file = work / CHILD_RESULT_FILE
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "spinecloud_training.child", spec.job_id]
-    completed = subprocess.run(command, check=False, preexec_fn=_die_with_parent)
+    completed = subprocess.run(command, check=False, preexec_fn=die_with_parent)
     if not result_file.is_file():
         raise RuntimeError(f"training child process exited with {completed.returncode}")
     payload = json.loads(result_file.read_text())
     if "error" in payload:
         error = payload["error"]
-        raise _error_from_child(error["code"], error["message"], error.get("details") or {})
+        raise error_from_child(error["code"], error["message"], error.get("details") or {})
     details, excluded = payload["details"], payload["excluded"]
     if not payload["completed"]:
-        _mark_cancelled(spec.job_id, {**details, "excluded": excluded})
+        mark_cancelled(spec.job_id, {**details, "excluded": excluded})
         return None
     if spec.backend == "segresnet":
-        artefact = _publish_folder(Path(payload["artefact"]), spec)
-        data, device = _data(spec), spec.params.get("device")
+        artefact = publish_folder(Path(payload["artefact"]), spec)
+        data, device = job_data(spec), spec.params.get("device")
 
         def write_eval(out: Path) -> list[str]:
             return write_segresnet_eval(artefact, data.val, out, device=device)
@@ -438,7 +450,7 @@ def _train(spec: JobSpec, work: Path) -> Trained | None:
     return Trained(Path(payload["artefact"]), excluded, payload["metrics"], write_nnunet, details)
 
 
-def _error_from_child(code: str, message: str, details: dict[str, Any]) -> SpineCloudError:
+def error_from_child(code: str, message: str, details: dict[str, Any]) -> SpineCloudError:
     """The child's error as the same kind of SpineCloudError (its code kept)."""
     kinds: dict[str, type[SpineCloudError]] = {c.code: c for c in _subclasses(SpineCloudError)}
     kind = kinds.get(code, SpineCloudError)
@@ -455,7 +467,9 @@ def _subclasses(cls: type[SpineCloudError]) -> list[type[SpineCloudError]]:
 # --------------------------------------------------------------------------- registration
 
 
-def _register(spec: JobSpec, trained: Trained, eval_dir: Path, cases: list[str]) -> dict[str, Any]:
+def register_trained(
+    spec: JobSpec, trained: Trained, eval_dir: Path, cases: list[str]
+) -> dict[str, Any]:
     """Register the model, create its evaluation (enqueued after commit), store the result."""
     ref = f"{spec.model_name}@{spec.model_version}"
     with session_scope() as session:
@@ -499,23 +513,23 @@ def _register(spec: JobSpec, trained: Trained, eval_dir: Path, cases: list[str])
 
 def run_training_job(job_id: str) -> dict[str, Any]:
     """Run training job ``job_id`` to a registered model (module docstring); its result."""
-    spec = _load_spec(job_id)
-    if spec.status in _KEPT:
+    spec = load_spec(job_id)
+    if spec.status in KEEP_FINISHED:
         return spec.result
     if spec.backend not in BACKENDS:
         raise InvalidInputError(f"Unknown training backend {spec.backend!r}.")
-    _check_version_free(spec)
+    check_version_free(spec)
     work = work_dir(job_id)
     work.mkdir(parents=True, exist_ok=True)
     try:
         trained = _train(spec, work)
     except SpineCloudError as exc:
         if "excluded" in exc.details:
-            _update_result(job_id, {"excluded": exc.details["excluded"]})
+            update_result(job_id, {"excluded": exc.details["excluded"]})
         raise
     if trained is None:
-        return _load_spec(job_id).result
+        return load_spec(job_id).result
     eval_dir = work / "evaluation"
     shutil.rmtree(eval_dir, ignore_errors=True)
     cases = trained.write_eval(eval_dir)
-    return _register(spec, trained, eval_dir, cases)
+    return register_trained(spec, trained, eval_dir, cases)
