@@ -177,7 +177,7 @@ def segment(
     ] = None,
     overlap: Annotated[
         float | None,
-        typer.Option(min=0.0, max=0.95, help="Window overlap (default: the model's own, else 0.5)"),
+        typer.Option(min=0.0, max=0.95, help="Window overlap (default 0.5)"),
     ] = None,
     sw_batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass")] = 2,
 ) -> None:

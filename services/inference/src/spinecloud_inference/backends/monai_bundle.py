@@ -83,13 +83,6 @@ def _refuse_expressions(value: Any, path: Path) -> None:
             _refuse_expressions(child, path)
 
 
-def model_overlap(folder: Path) -> float | None:
-    """The sliding-window overlap the bundle names (``inferer.overlap``), if it names one."""
-    inferer = _read_json(folder / INFERENCE_FILE).get("inferer")
-    value = inferer.get("overlap") if isinstance(inferer, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _network_definition(folder: Path) -> tuple[dict[str, Any], int]:
     """The checked ``network_def`` of the bundle and its number of output channels."""
     path = folder / INFERENCE_FILE
@@ -194,7 +187,7 @@ def load_monai_bundle(
     else:
         network = _load_state_dict(_instantiate(network_def, folder / INFERENCE_FILE), weights)
     network = network.to(device).eval()
-    overlap = options.window_overlap(model_overlap(folder))
+    overlap = options.window_overlap()
     logger.info(
         "loaded MONAI bundle %s (%s) on %s, overlap %g", manifest.ref, weights.name, device, overlap
     )
