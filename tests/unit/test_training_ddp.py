@@ -10,7 +10,7 @@ import torch
 from spinecloud_shared.models.manifest import read_manifest
 from spinecloud_training.data import DEFAULT_CHANNELS, phantom_split
 from spinecloud_training.ddp import weights_digest, world_size_for
-from spinecloud_training.presets import DEMO, NetworkConfig
+from spinecloud_training.presets import DEMO
 from spinecloud_training.segresnet import (
     CHECKPOINT_FILE,
     Phase,
@@ -21,18 +21,9 @@ from spinecloud_training.segresnet import (
     train_segresnet,
 )
 from tests.unit.test_training_oom import _FakeGpu, _inject
+from tests.unit.test_training_segresnet import TINY as SINGLE_TINY
 
-TINY = DEMO.with_overrides(
-    network=NetworkConfig(init_filters=4, norm_groups=4),
-    spacing_mm=(4.0, 4.0, 4.0),
-    patch_size=(32, 32, 32),
-    num_samples=1,
-    iterations=3,
-    val_every=3,
-    checkpoint_every=3,
-    sw_batch_size=4,
-    world_size=2,
-)
+TINY = SINGLE_TINY.with_overrides(iterations=3, val_every=3, sw_batch_size=4, world_size=2)
 
 
 def test_world_size_comes_from_the_preset_or_the_visible_gpus() -> None:
