@@ -45,7 +45,10 @@ def test_gateway_registers_and_reads_datasets_by_project(
     bob = make_token(gateway_db, Role.RESEARCHER, "datasets-b")
     clinician = make_token(gateway_db, Role.CLINICIAN, "datasets-a")
     body = {"name": "ts-a", "layout": "totalsegmentator", "path": str(folders["totalsegmentator"])}
-    app = create_app(gateway_settings(gateway_db, redis_url, default_project="datasets-a"))
+    settings = gateway_settings(
+        gateway_db, redis_url, default_project="datasets-a", data_dir=tmp_path
+    )
+    app = create_app(settings)
     with TestClient(app) as client:
         created = client.post("/api/v1/datasets", json=body, headers=bearer(alice))
         assert created.status_code == 201, created.text
@@ -84,3 +87,7 @@ def test_gateway_registers_and_reads_datasets_by_project(
             headers=bearer(alice),
         )
         assert relative.status_code == 422
+        outside = client.post(
+            "/api/v1/datasets", json={**body, "name": "etc", "path": "/etc"}, headers=bearer(alice)
+        )
+        assert outside.status_code == 422 and "site's storage" in outside.json()["detail"]

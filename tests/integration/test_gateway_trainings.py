@@ -217,6 +217,7 @@ def test_roles_and_bad_input(client: TestClient, tokens: dict[str, str]) -> None
     for bad in (
         _body("4.0.0", backend="yolo"),
         _body("4.0.0", dataset="relative/path"),
+        _body("4.0.0", dataset="/etc"),  # outside the site's storage
         _body("4.0.0", params={"text": "nul\u0000"}),
         _body("4.0.0", project_id="00000000-0000-4000-8000-000000000000", extra=1),
     ):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from spinecloud_gateway.auth.principal import Principal
 from spinecloud_gateway.datasets.schemas import DatasetCreate
-from spinecloud_gateway.models.scoping import actor, target_project
+from spinecloud_gateway.models.scoping import actor, site_path, site_roots, target_project
 from spinecloud_gateway.settings import GatewaySettings
 from spinecloud_shared.db.datasets import create_dataset
 from spinecloud_shared.db.models import Dataset
@@ -28,13 +28,21 @@ def register(
     body: DatasetCreate,
     celery: Celery,
 ) -> Dataset:
-    """A queued dataset in the request's (or the caller's) project; 409 for a taken name."""
+    """A queued dataset in the request's (or the caller's) project; 409 for a taken name.
+
+    A folder must lie in the site's storage (``data_dir`` or ``artifact_dir``, 422 otherwise):
+    the training worker reads whatever it is given, so a caller must not be able to point it at
+    any folder the worker can read.
+    """
     project_id = target_project(session, principal, body.project_id, settings)
+    source = body.source()
+    if body.path is not None:
+        source["path"] = str(site_path(body.path, site_roots(settings), "dataset path"))
     return create_dataset(
         session,
         name=body.name,
         layout=body.layout,
-        source=body.source(),
+        source=source,
         seed=body.seed,
         fractions=body.split.model_dump(),
         project_id=project_id,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from spinecloud_gateway.auth.principal import Principal
 from spinecloud_gateway.core.errors import ConflictError
-from spinecloud_gateway.models.scoping import actor, target_project
+from spinecloud_gateway.models.scoping import actor, site_path, site_roots, target_project
 from spinecloud_gateway.settings import GatewaySettings
 from spinecloud_gateway.trainings import repository
 from spinecloud_gateway.trainings.schemas import TrainingCreate
@@ -60,10 +60,13 @@ def start(
         )
     if repository.model_version_registered(session, body.model_name, body.model_version):
         raise ConflictError(f"Model version {ref} is already registered.", model=ref)
+    dataset = body.dataset
+    if dataset.startswith("/"):  # a folder: only inside the site's storage (see datasets)
+        dataset = str(site_path(dataset, site_roots(settings), "dataset folder"))
     job = training_jobs.create_training_job(
         session,
         backend=body.backend,
-        dataset=body.dataset,
+        dataset=dataset,
         model_name=body.model_name,
         model_version=body.model_version,
         preset=body.preset,
