@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing.util
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import torch
 
 from spinecloud_shared.models.manifest import read_manifest
 from spinecloud_training.data import DEFAULT_CHANNELS, phantom_split
-from spinecloud_training.ddp import weights_digest, world_size_for
+from spinecloud_training.ddp import RankFailedError, fork_ranks, weights_digest, world_size_for
 from spinecloud_training.presets import DEMO
 from spinecloud_training.segresnet import (
     CHECKPOINT_FILE,
@@ -107,3 +110,40 @@ def test_out_of_memory_in_a_rank_reduces_every_rank(
     assert [r["iterations"] for r in result.ranks] == [2, 2]
     assert len({r["weights_sha256"] for r in result.ranks}) == 1
     assert read_manifest(tmp_path / "bundle", verify=True).patch_size == (32, 32, 32)
+
+
+class _Hooked:
+    """An object with a multiprocessing after-fork hook (as kombu's connection pools have)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+
+def _touch_marker(hooked: _Hooked) -> None:
+    hooked.marker.write_text("after-fork hook ran")
+
+
+def _write_rank(rank: int, folder: Path) -> None:
+    (folder / f"rank{rank}").write_text(str(os.getpid()))
+
+
+def _fail_rank_one(rank: int, folder: Path) -> None:
+    if rank == 1:
+        raise ValueError("rank one fails")
+    time.sleep(60)  # rank 0 would run on; the launcher must stop it
+    (folder / "rank0-finished").write_text("")
+
+
+def test_forked_ranks_skip_multiprocessing_after_fork_hooks(tmp_path: Path) -> None:
+    hooked = _Hooked(tmp_path / "hook")
+    multiprocessing.util.register_after_fork(hooked, _touch_marker)
+    fork_ranks(_write_rank, (tmp_path,), 2)
+    pids = {(tmp_path / f"rank{r}").read_text() for r in range(2)}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert not hooked.marker.exists()
+
+
+def test_a_failing_rank_stops_the_others(tmp_path: Path) -> None:
+    with pytest.raises(RankFailedError, match="rank 1"):
+        fork_ranks(_fail_rank_one, (tmp_path,), 2)
+    assert not (tmp_path / "rank0-finished").exists()

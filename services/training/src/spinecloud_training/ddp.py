@@ -2,12 +2,16 @@
 
 ``segresnet.train_segresnet`` hands a run here when it should use more than one process
 (``world_size_for``): ``Preset.world_size`` when set, else every visible GPU when there are
-several. ``launch`` starts the processes itself with ``torch.multiprocessing`` on
+several. ``launch`` forks the processes itself (``fork_ranks``) and joins them on
 ``127.0.0.1`` and a free port: NCCL with one GPU per rank (``cuda:<rank>``), gloo on CPU
 (intra-op threads shared out between the ranks). The ranks are *forked* (Linux): the request's
 case loaders are closures that cannot be pickled for spawned processes, and the launcher
 touches no CUDA context before forking (``torch.cuda.device_count`` does not create one);
-each rank drops the database connections it inherited.
+each rank drops the database connections it inherited. Plain ``os.fork`` rather than
+``multiprocessing``: a multiprocessing child runs the parent's after-fork hooks, and kombu's
+closes the parent's Redis channels from the child, which blocks for ever reading the answer to
+a BRPOP the parent's Celery consumer had sent (seen in a process that had used a Celery client
+before training).
 
 Each rank loads only its share of the training cases (``sources[rank::world_size]``, a
 per-rank partition instead of a ``DistributedSampler``), shuffles it with its own generator,
@@ -18,7 +22,7 @@ which it broadcasts to the others at every iteration. The run length is the same
 rank: ``Preset.total_iterations`` of the largest partition (one step = ``world_size`` x
 ``batch_size`` images).
 
-An error in any rank stops every rank (``torch.multiprocessing`` terminates the others);
+An error in any rank stops every rank (the launcher terminates the others);
 a SpineCloud error is raised again in the caller with its code. On GPU out-of-memory the launcher
 applies the out-of-memory rule (``oom.next_fallback``) to all ranks and starts them again from
 the last checkpoint.
@@ -31,8 +35,11 @@ import hashlib
 import logging
 import os
 import pickle
+import signal
 import socket
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -41,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from spinecloud_training.oom import OomStep, next_fallback
 from spinecloud_training.presets import Preset
@@ -123,6 +129,71 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Seconds a rank gets to exit after SIGTERM before SIGKILL, when another rank failed.
+_STOP_GRACE_S = 10.0
+
+
+class RankFailedError(RuntimeError):
+    """A rank process exited with a non-zero status (its error, if any, is in its error file)."""
+
+
+def _stop(pids: dict[int, int]) -> None:
+    """Terminate the ranks still running and reap them."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for pid in list(pids):
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def fork_ranks(fn: Callable[..., None], args: tuple[Any, ...], nprocs: int) -> None:
+    """Run ``fn(rank, *args)`` in ``nprocs`` forked processes and wait for all of them.
+
+    A rank that raises prints its traceback and exits 1; the first non-zero exit stops the
+    other ranks and raises RankFailedError. A child leaves with ``os._exit``, so it runs
+    none of the parent's exit handlers either.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids: dict[int, int] = {}
+    try:
+        for rank in range(nprocs):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                code = 1
+                try:
+                    fn(rank, *args)
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            pids[pid] = rank
+        while pids:
+            for pid in list(pids):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                rank = pids.pop(pid)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    raise RankFailedError(f"rank {rank} exited with status {code}")
+            time.sleep(0.05)
+    finally:
+        _stop(pids)
+
+
 def _rank_main(
     rank: int,
     world_size: int,
@@ -185,7 +256,7 @@ def launch(
     *,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCallback | None = None,
-    start: Callable[..., Any] = mp.start_processes,
+    start: Callable[..., Any] = fork_ranks,
 ) -> TrainingResult:
     """Train with ``world_size`` processes (module docstring); rank 0's result.
 
@@ -206,8 +277,6 @@ def launch(
                 _rank_main,
                 args=(world_size, _free_port(), request, progress, should_cancel),
                 nprocs=world_size,
-                join=True,
-                start_method="fork",
             )
         except Exception as exc:
             errors = _rank_errors(folder, world_size)
