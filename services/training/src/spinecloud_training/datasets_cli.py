@@ -33,7 +33,6 @@ from spinecloud_shared.db.datasets import (
 )
 from spinecloud_shared.db.models import Dataset, JobStatus, Project
 from spinecloud_shared.errors import SpineCloudError
-from spinecloud_training.dataset_tasks import run_scan
 
 console = Console()
 app = typer.Typer(
@@ -204,6 +203,9 @@ def register_command(
     if queue:
         console.print(f"dataset {name} ({dataset_id}) queued for a training worker to scan")
         return
+    # Imported here: scanning needs the training data stack (MONAI, torch), listing does not.
+    from spinecloud_training.dataset_tasks import run_scan
+
     with _bar() as progress:
         task = progress.add_task("starting", total=None)
 
