@@ -97,14 +97,17 @@ def audit(
     state: GatewayState,
     principal: Principal,
     client: ClientInfo,
-    *,
     action: str,
-    resource_type: str,
     row: _Scoped | None,
-    outcome: str,
+    outcome: str = "success",
     resource_id: str | None = None,
+    *,
+    resource_type: str,
 ) -> None:
-    """Record one access to ``row`` (or to the missing ``resource_id``) in the audit log."""
+    """Record one access to ``row`` (or to the missing ``resource_id``) in the audit log.
+
+    Each router binds its ``resource_type`` once (``functools.partial``).
+    """
     state.audit.record(
         principal=principal,
         client=client,

@@ -10,6 +10,7 @@ registration and read is written to the audit log.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
@@ -39,25 +40,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _audit(
-    state: GatewayState,
-    principal: Principal,
-    client: ClientInfo,
-    action: str,
-    dataset: Dataset | None,
-    outcome: str = "success",
-    resource_id: str | None = None,
-) -> None:
-    audit(
-        state,
-        principal,
-        client,
-        action=action,
-        resource_type="dataset",
-        row=dataset,
-        outcome=outcome,
-        resource_id=resource_id,
-    )
+_audit = functools.partial(audit, resource_type="dataset")
 
 
 def _visible(

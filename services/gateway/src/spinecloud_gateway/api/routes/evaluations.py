@@ -6,6 +6,7 @@ dataset, so every read of an evaluation or its results is written to the audit l
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -40,25 +41,7 @@ _RESULTS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _audit(
-    state: GatewayState,
-    principal: Principal,
-    client: ClientInfo,
-    action: str,
-    evaluation: Evaluation | None,
-    outcome: str = "success",
-    resource_id: str | None = None,
-) -> None:
-    audit(
-        state,
-        principal,
-        client,
-        action=action,
-        resource_type="evaluation",
-        row=evaluation,
-        outcome=outcome,
-        resource_id=resource_id,
-    )
+_audit = functools.partial(audit, resource_type="evaluation")
 
 
 def _visible(

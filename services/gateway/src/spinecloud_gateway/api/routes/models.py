@@ -7,6 +7,7 @@ registry's (``spinecloud_shared.db.registry``): a refused change is a 409 proble
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -42,6 +43,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "The registry's rules refuse it (problem+json, code registry_conflict)"}
 }
+_audit = functools.partial(audit, resource_type="model")
 
 
 @router.get("", summary="List registered model versions in the caller's projects")
@@ -98,15 +100,7 @@ def register_model(
     """Verify the manifest and weights, record a draft: 201 when new, 200 when known."""
     model, created = models.register(session, state.settings, principal, body)
     if created:
-        audit(
-            state,
-            principal,
-            client,
-            action="model.register",
-            resource_type="model",
-            row=model,
-            outcome="success",
-        )
+        _audit(state, principal, client, "model.register", model)
     else:
         response.status_code = status.HTTP_200_OK
     return ModelDetail.model_validate(model)
@@ -128,15 +122,7 @@ def promote_model(
     """Needs metrics (or a succeeded evaluation) and intact weights; demotes the old one."""
     model = visible_row(session, RegisteredModel, model_id, principal, "model version")
     models.promote(session, principal, model, body)
-    audit(
-        state,
-        principal,
-        client,
-        action=f"model.promote.{body.to.value}",
-        resource_type="model",
-        row=model,
-        outcome="success",
-    )
+    _audit(state, principal, client, f"model.promote.{body.to.value}", model)
     return ModelDetail.model_validate(model)
 
 
@@ -156,13 +142,5 @@ def retire_model(
     """A retired version is never served again; retiring twice changes nothing."""
     model = visible_row(session, RegisteredModel, model_id, principal, "model version")
     models.retire(session, principal, model, body.reason)
-    audit(
-        state,
-        principal,
-        client,
-        action="model.retire",
-        resource_type="model",
-        row=model,
-        outcome="success",
-    )
+    _audit(state, principal, client, "model.retire", model)
     return ModelDetail.model_validate(model)

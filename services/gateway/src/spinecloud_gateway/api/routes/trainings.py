@@ -7,6 +7,7 @@ validation Dice, ETA) is what the training worker last stored on the job.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -47,25 +48,7 @@ def _visible(
         raise
 
 
-def _audit(
-    state: GatewayState,
-    principal: Principal,
-    client: ClientInfo,
-    action: str,
-    job: TrainingJob | None,
-    outcome: str = "success",
-    resource_id: str | None = None,
-) -> None:
-    audit(
-        state,
-        principal,
-        client,
-        action=action,
-        resource_type="training",
-        row=job,
-        outcome=outcome,
-        resource_id=resource_id,
-    )
+_audit = functools.partial(audit, resource_type="training")
 
 
 @router.post(
