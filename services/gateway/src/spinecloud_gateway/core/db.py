@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
+from sqlalchemy import Select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from spinecloud_shared.db.base import Base
 
-__all__ = ["get_or_create"]
+__all__ = ["get_or_create", "page", "where_equal"]
 
 T = TypeVar("T", bound=Base)
+SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
 def get_or_create(
@@ -36,3 +38,17 @@ def get_or_create(
         if found is None:
             raise
         return found, False
+
+
+def where_equal(query: SelectT, conditions: Iterable[tuple[Any, Any]]) -> SelectT:
+    """``query`` narrowed to rows whose ``column`` equals ``value``, for each pair whose value
+    is given (None: no condition): the optional filters of a list endpoint."""
+    for column, value in conditions:
+        if value is not None:
+            query = query.where(column == value)
+    return query
+
+
+def page(session: Session, query: Select[Any], *, limit: int, offset: int) -> Sequence[Any]:
+    """One page of ``query``'s rows (order it first, for stable pages)."""
+    return session.scalars(query.limit(limit).offset(offset)).all()

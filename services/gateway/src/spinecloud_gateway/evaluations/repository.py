@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
+from spinecloud_gateway.core.db import page, where_equal
 from spinecloud_shared.db.models import Evaluation, EvaluationRow, JobStatus, RegisteredModel
 
 __all__ = ["EvaluationFilter", "find_same", "rows", "search", "visible"]
@@ -54,15 +55,16 @@ def search(
     query = select(Evaluation)
     if where.project_ids is not None:
         query = query.where(_in_projects(where.project_ids))
-    for column, value in (
-        (Evaluation.status, where.status),
-        (Evaluation.model_ref, where.model_ref),
-        (Evaluation.split, where.split),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    query = where_equal(
+        query,
+        (
+            (Evaluation.status, where.status),
+            (Evaluation.model_ref, where.model_ref),
+            (Evaluation.split, where.split),
+        ),
+    )
     query = query.order_by(Evaluation.created_at.desc(), Evaluation.id)
-    return session.scalars(query.limit(limit).offset(offset)).all()
+    return page(session, query, limit=limit, offset=offset)
 
 
 def find_same(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from spinecloud_gateway.core.db import page, where_equal
 from spinecloud_shared.db.models import InferenceJob, JobStatus
 
 __all__ = ["JobFilter", "by_key", "search"]
@@ -44,13 +45,14 @@ def search(
     query = select(InferenceJob)
     if where.project_ids is not None:
         query = query.where(InferenceJob.project_id.in_(where.project_ids))
-    for column, value in (
-        (InferenceJob.status, where.status),
-        (InferenceJob.study_instance_uid, where.study_instance_uid),
-        (InferenceJob.series_instance_uid, where.series_instance_uid),
-        (InferenceJob.model_name, where.model_name),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    query = where_equal(
+        query,
+        (
+            (InferenceJob.status, where.status),
+            (InferenceJob.study_instance_uid, where.study_instance_uid),
+            (InferenceJob.series_instance_uid, where.series_instance_uid),
+            (InferenceJob.model_name, where.model_name),
+        ),
+    )
     query = query.order_by(InferenceJob.created_at.desc(), InferenceJob.id)
-    return session.scalars(query.limit(limit).offset(offset)).all()
+    return page(session, query, limit=limit, offset=offset)

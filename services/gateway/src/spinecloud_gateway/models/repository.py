@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from spinecloud_gateway.core.db import page, where_equal
 from spinecloud_shared.db.models import RegisteredModel
 from spinecloud_shared.models.manifest import ModelState
 
@@ -32,18 +33,19 @@ def search(
     query = select(RegisteredModel)
     if where.project_ids is not None:
         query = query.where(RegisteredModel.project_id.in_(where.project_ids))
-    for column, value in (
-        (RegisteredModel.name, where.name),
-        (RegisteredModel.version, where.version),
-        (RegisteredModel.state, where.state),
-        (RegisteredModel.backend, where.backend),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    query = where_equal(
+        query,
+        (
+            (RegisteredModel.name, where.name),
+            (RegisteredModel.version, where.version),
+            (RegisteredModel.state, where.state),
+            (RegisteredModel.backend, where.backend),
+        ),
+    )
     query = query.order_by(
         RegisteredModel.name, RegisteredModel.created_at, RegisteredModel.version
     )
-    return session.scalars(query.limit(limit).offset(offset)).all()
+    return page(session, query, limit=limit, offset=offset)
 
 
 def production_elsewhere(

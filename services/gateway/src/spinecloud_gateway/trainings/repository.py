@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from spinecloud_gateway.core.db import page, where_equal
 from spinecloud_shared.db.models import JobStatus, RegisteredModel, TrainingJob
 
 __all__ = ["TrainingFilter", "by_model_version", "model_version_registered", "search"]
@@ -30,15 +31,16 @@ def search(
     query = select(TrainingJob)
     if where.project_ids is not None:
         query = query.where(TrainingJob.project_id.in_(where.project_ids))
-    for column, value in (
-        (TrainingJob.status, where.status),
-        (TrainingJob.model_name, where.model_name),
-        (TrainingJob.backend, where.backend),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    query = where_equal(
+        query,
+        (
+            (TrainingJob.status, where.status),
+            (TrainingJob.model_name, where.model_name),
+            (TrainingJob.backend, where.backend),
+        ),
+    )
     query = query.order_by(TrainingJob.created_at.desc(), TrainingJob.id)
-    return session.scalars(query.limit(limit).offset(offset)).all()
+    return page(session, query, limit=limit, offset=offset)
 
 
 def by_model_version(session: Session, name: str, version: str) -> TrainingJob | None:
