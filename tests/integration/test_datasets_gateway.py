@@ -16,22 +16,14 @@ from spinecloud_shared.db.models import Role
 from spinecloud_shared.errors import NotFoundError
 from spinecloud_shared.task_names import REGISTER_DATASET, TRAINING_QUEUE
 from spinecloud_training.dataset_tasks import registered_data, scan_dataset
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_datasets import _write_layouts, settings_env  # noqa: F401 - fixture
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
     gateway_settings,
     make_token,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 def test_gateway_registers_and_reads_datasets_by_project(

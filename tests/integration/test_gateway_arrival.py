@@ -25,11 +25,10 @@ from spinecloud_gateway.poller import poll_once
 from spinecloud_shared.db import session_scope
 from spinecloud_shared.db.models import InferenceJob, OrthancCursor, Role
 from spinecloud_shared.orthanc.local import LocalOrthanc, free_port
-from tests.fixtures.services import PostgresDatabases, wait_for
+from tests.fixtures.services import wait_for
 from tests.integration.conftest import require_tool
 from tests.integration.test_gateway_support import (
     GatewayServer,
-    fresh_database,
     gateway_settings,
     make_token,
     orthanc_study_id,
@@ -38,12 +37,6 @@ from tests.integration.test_gateway_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 LUA_SCRIPT = (

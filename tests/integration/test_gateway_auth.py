@@ -18,24 +18,16 @@ from spinecloud_gateway.auth import service as auth
 from spinecloud_gateway.cli import admin_app
 from spinecloud_shared.db import session_scope
 from spinecloud_shared.db.models import ApiToken, Role, User
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_support import (
     AUDIENCE,
     ISSUER,
     OidcProvider,
     bearer,
-    fresh_database,
     gateway_settings,
     make_token,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 @pytest.fixture(scope="module")

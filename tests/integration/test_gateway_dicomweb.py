@@ -21,12 +21,10 @@ from dicomweb_client.api import DICOMwebClient
 from spinecloud_gateway.app import create_app
 from spinecloud_shared.db.models import Role
 from spinecloud_shared.orthanc.local import LocalOrthanc
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.conftest import require_tool
 from tests.integration.test_gateway_support import (
     GatewayServer,
     bearer,
-    fresh_database,
     gateway_settings,
     make_token,
     orthanc_study_id,
@@ -35,12 +33,6 @@ from tests.integration.test_gateway_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 VIEWER = "http://viewer.spinecloud.test"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from spinecloud_gateway.app import create_app
 from spinecloud_shared.db import session_scope
 from spinecloud_shared.db.models import (
     AuditEvent,
@@ -25,59 +23,23 @@ from spinecloud_shared.db.models import (
     EvaluationRow,
     JobStatus,
     RegisteredModel,
-    Role,
 )
 from spinecloud_shared.task_names import EVALUATE, METRICS_QUEUE
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_models import model_name, write_artefact
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
-    gateway_settings,
-    make_token,
 )
 from tests.integration.test_gateway_trainings import queued
 
 pytestmark = pytest.mark.integration
+#: This module's projects are "eval-a" and "eval-b" (fixtures of the integration conftest).
+PROJECT = "eval"
 
 PER_CLASS = [
     {"class": "L4", "metric": "dice", "mean": 0.91, "n": 2},
     {"class": "L5", "metric": "dice", "mean": 0.88, "n": 2, "note": "one empty reference"},
 ]
 OVERALL = [{"metric": "dice", "mean": 0.895, "std": 0.02, "median": 0.895}]
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site's storage (data_dir; artefacts under data_dir/artifacts)."""
-    root = tmp_path_factory.mktemp("site")
-    for folder in ("pred", "ref"):
-        (root / folder).mkdir()
-    return root
-
-
-@pytest.fixture()
-def client(gateway_db: str, redis_url: str, site: Path) -> Iterator[TestClient]:
-    """The gateway on the module's database and the test's Redis."""
-    settings = gateway_settings(gateway_db, redis_url, default_project="eval-a", data_dir=site)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def tokens(gateway_db: str) -> dict[str, str]:
-    """Researchers of projects a and b, a clinician of a."""
-    return {
-        "a": make_token(gateway_db, Role.RESEARCHER, "eval-a"),
-        "b": make_token(gateway_db, Role.RESEARCHER, "eval-b"),
-        "clinician": make_token(gateway_db, Role.CLINICIAN, "eval-a"),
-    }
 
 
 def _start(client: TestClient, token: str, site: Path, **changes: Any) -> Any:

@@ -19,22 +19,14 @@ from spinecloud_shared.db.models import JobStatus, Role
 from spinecloud_shared.orthanc.client import OrthancClient
 from spinecloud_shared.orthanc.local import LocalOrthanc
 from spinecloud_shared.task_names import INFERENCE_QUEUE, SEGMENT_SERIES
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
     gateway_settings,
     make_token,
     write_study,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 @pytest.fixture()

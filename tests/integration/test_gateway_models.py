@@ -4,7 +4,6 @@ and retire under the registry's rules, roles and project scoping."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from spinecloud_gateway.app import create_app
 from spinecloud_shared.db import session_scope
-from spinecloud_shared.db.models import AuditEvent, Evaluation, RegisteredModel, Role
+from spinecloud_shared.db.models import AuditEvent, Evaluation, RegisteredModel
 from spinecloud_shared.models.manifest import Backend, Manifest, read_manifest, write_manifest
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
-    gateway_settings,
-    make_token,
 )
 
 pytestmark = pytest.mark.integration
+#: This module's projects are "models-a" and "models-b" (fixtures of the integration conftest).
+PROJECT = "models"
 
 
 def write_artefact(
@@ -54,37 +50,6 @@ def write_artefact(
 def model_name() -> str:
     """A model name of this test's own (names are site-wide)."""
     return f"api-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site's storage (data_dir) for this module's gateway."""
-    return tmp_path_factory.mktemp("site")
-
-
-@pytest.fixture()
-def client(gateway_db: str, redis_url: str, site: Path) -> Iterator[TestClient]:
-    """The gateway on the module's database and the test's Redis."""
-    settings = gateway_settings(gateway_db, redis_url, default_project="models-a", data_dir=site)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def tokens(gateway_db: str) -> dict[str, str]:
-    """Researchers of projects a and b, a clinician of a, an unscoped admin."""
-    return {
-        "a": make_token(gateway_db, Role.RESEARCHER, "models-a"),
-        "b": make_token(gateway_db, Role.RESEARCHER, "models-b"),
-        "clinician": make_token(gateway_db, Role.CLINICIAN, "models-a"),
-        "admin": make_token(gateway_db, Role.ADMIN, None),
-    }
 
 
 def _register(client: TestClient, token: str, folder: Path) -> Any:

@@ -18,10 +18,8 @@ from schemathesis.schemas import BaseSchema
 from spinecloud_gateway.app import create_app
 from spinecloud_shared.db.models import Role
 from spinecloud_shared.orthanc.local import LocalOrthanc
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
     gateway_settings,
     make_token,
 )
@@ -35,12 +33,6 @@ NEW_PATHS = {
     "/api/v1/evaluations/{evaluation_id}/tables/{table}.csv",
     "/api/v1/evaluations/{evaluation_id}/report",
 }
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
 
 
 @pytest.fixture(scope="module")

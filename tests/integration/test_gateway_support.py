@@ -1,5 +1,6 @@
-"""Shared support for the gateway integration tests (no tests of its own; each module
-declares its own fixtures from these helpers, so its data stays its own).
+"""Shared support for the gateway integration tests (no tests of its own; each module gets
+its own database from the ``gateway_db`` fixture of the integration conftest, so its data
+stays its own).
 
 A local OIDC provider (an RSA/EC key and a JWKS served over real HTTP from a thread), the
 gateway under uvicorn in a thread, a fresh PostgreSQL database per module, API tokens, and

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from spinecloud_gateway.app import create_app
 from spinecloud_gateway.auth.principal import Principal
 from spinecloud_gateway.auth.service import ensure_project
 from spinecloud_gateway.models.scoping import target_project
@@ -27,16 +25,15 @@ from spinecloud_shared.db.models import AuditEvent, JobStatus, Role, TrainingJob
 from spinecloud_shared.db.registry import register_model
 from spinecloud_shared.errors import InvalidInputError, NotFoundError
 from spinecloud_shared.task_names import TRAIN, TRAINING_QUEUE
-from tests.fixtures.services import PostgresDatabases
 from tests.integration.test_gateway_models import model_name, write_artefact
 from tests.integration.test_gateway_support import (
     bearer,
-    fresh_database,
     gateway_settings,
-    make_token,
 )
 
 pytestmark = pytest.mark.integration
+#: This module's projects are "train-a" and "train-b" (fixtures of the integration conftest).
+PROJECT = "train"
 
 BODY: dict[str, Any] = {
     "backend": "segresnet",
@@ -58,37 +55,6 @@ def queued(redis_url: str, queue: str) -> list[dict[str, Any]]:
         messages.append({"task": message["headers"]["task"], "kwargs": body[1]})
     client.close()
     return messages
-
-
-@pytest.fixture(scope="module")
-def gateway_db(postgres_databases: PostgresDatabases) -> str:
-    """This module's own PostgreSQL database, migrated."""
-    return fresh_database(postgres_databases)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site's storage (data_dir) for this module's gateway."""
-    return tmp_path_factory.mktemp("site")
-
-
-@pytest.fixture()
-def client(gateway_db: str, redis_url: str, site: Path) -> Iterator[TestClient]:
-    """The gateway on the module's database and the test's Redis."""
-    settings = gateway_settings(gateway_db, redis_url, default_project="train-a", data_dir=site)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def tokens(gateway_db: str) -> dict[str, str]:
-    """Researchers of projects a and b, a clinician of a, an unscoped admin."""
-    return {
-        "a": make_token(gateway_db, Role.RESEARCHER, "train-a"),
-        "b": make_token(gateway_db, Role.RESEARCHER, "train-b"),
-        "clinician": make_token(gateway_db, Role.CLINICIAN, "train-a"),
-        "admin": make_token(gateway_db, Role.ADMIN, None),
-    }
 
 
 def _body(version: str, **changes: Any) -> dict[str, Any]:
