@@ -20,8 +20,7 @@ Platform overhead is the wall time minus the network forward calls, as a share o
 time. Peak memory is the worker's RSS high-water mark (``ru_maxrss``). ``--plain`` also runs
 the unwrapped ``spinecloud segment`` command as a peer, to show the wrappers cost nothing.
 ``--profile FILE`` writes a cProfile of the worker (the tool used to find the bottlenecks);
-``--overlap F`` passes ``--overlap F`` to the command (default: the model's own overlap, 0.25
-for both SegResNet presets).
+``--overlap F`` passes ``--overlap F`` to the command (default: the command's, 0.5).
 
 ``--job`` measures the job as the Celery worker runs it instead (what the platform target
 describes: a long-lived worker, model loaded, no interpreter start): in one process, the
