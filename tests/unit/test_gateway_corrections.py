@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from spinecloud_gateway.studies.corrections import AI_MANUFACTURER, holds_foreign_seg
+from spinecloud_gateway.studies.corrections import holds_foreign_seg
 from spinecloud_gateway.studies.orthanc import SeriesInfo, StudyInfo
-from spinecloud_inference.dicom_seg import MANUFACTURER
-from spinecloud_training.corrections import AI_MANUFACTURER as TRAINING_AI_MANUFACTURER
 
 
 def _study(*series: tuple[str, str | None]) -> StudyInfo:
@@ -18,10 +16,6 @@ def _study(*series: tuple[str, str | None]) -> StudyInfo:
             for i, (modality, manufacturer) in enumerate(series)
         ],
     )
-
-
-def test_the_three_services_agree_on_spineclouds_device_identity() -> None:
-    assert AI_MANUFACTURER == MANUFACTURER == TRAINING_AI_MANUFACTURER
 
 
 def test_only_a_seg_that_spinecloud_did_not_write_asks_for_the_check() -> None:

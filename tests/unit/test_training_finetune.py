@@ -12,9 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from spinecloud_inference import dicom_seg
 from spinecloud_shared import labels
-from spinecloud_shared.dicom_seg_read import segment_canonical_id
+from spinecloud_shared.dicom_seg_read import SEG_MANUFACTURER, SEG_MODEL_NAME, segment_canonical_id
 from spinecloud_shared.dicom_series import read_dicom_series, read_series_datasets, to_dicom_grid
 from spinecloud_shared.dicom_write import write_ct_series
 from spinecloud_shared.errors import (
@@ -27,8 +26,6 @@ from spinecloud_shared.models.manifest import read_manifest
 from spinecloud_shared.phantom import PhantomSpec, generate_phantom
 from spinecloud_shared.volume import Volume
 from spinecloud_training.corrections import (
-    AI_MANUFACTURER,
-    AI_MODEL_NAME,
     SegCandidate,
     assign_splits,
     candidate_from_header,
@@ -66,15 +63,8 @@ def candidate(
 # --------------------------------------------------------------------------- selection
 
 
-def test_ai_identity_matches_the_inference_writer() -> None:
-    assert (AI_MANUFACTURER, AI_MODEL_NAME) == (
-        dicom_seg.MANUFACTURER,
-        dicom_seg.MANUFACTURER_MODEL_NAME,
-    )
-
-
 def test_spinecloud_output_is_ignored_and_newest_correction_wins() -> None:
-    ai = candidate("1.1", manufacturer=AI_MANUFACTURER, model=AI_MODEL_NAME)
+    ai = candidate("1.1", manufacturer=SEG_MANUFACTURER, model=SEG_MODEL_NAME)
     old = candidate("1.2", when="20250101080000.000000")
     new = candidate("1.3", when="20250102080000.000000")
     other_ct = candidate("1.4", ct="4.5.6")
@@ -91,7 +81,7 @@ def test_spinecloud_output_is_ignored_and_newest_correction_wins() -> None:
 
 
 def test_same_manufacturer_other_model_is_a_correction() -> None:
-    edited = candidate("1.5", manufacturer=AI_MANUFACTURER, model="OHIF")
+    edited = candidate("1.5", manufacturer=SEG_MANUFACTURER, model="OHIF")
     assert not is_spinecloud_output(edited)
     corrections, _ = select_corrections([edited])
     assert len(corrections) == 1

@@ -22,7 +22,19 @@ from spinecloud_shared.dicom_series import frames_to_array
 from spinecloud_shared.errors import DicomInputError, GeometryMismatchError, LabelError
 from spinecloud_shared.volume import Volume
 
-__all__ = ["SNOMED_SCHEMES", "as_segmentation", "read_dicom_seg", "segment_canonical_id"]
+__all__ = [
+    "SEG_MANUFACTURER",
+    "SEG_MODEL_NAME",
+    "SNOMED_SCHEMES",
+    "as_segmentation",
+    "read_dicom_seg",
+    "segment_canonical_id",
+]
+
+#: Device identity (Manufacturer, ManufacturerModelName) of the SEGs SpineCloud's inference
+#: service writes: how the training service and the gateway tell them from clinicians'.
+SEG_MANUFACTURER = "SpineCloud"
+SEG_MODEL_NAME = "spinecloud-inference"
 
 #: Coding schemes accepted for SNOMED-CT codes (SRT is the retired designator).
 SNOMED_SCHEMES = frozenset({"SCT", "SRT"})

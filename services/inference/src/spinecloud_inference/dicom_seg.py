@@ -37,7 +37,7 @@ from pydicom.sr.codedict import codes
 
 from spinecloud_shared import labels
 from spinecloud_shared.centroids import canonical_in_box
-from spinecloud_shared.dicom_seg_read import read_dicom_seg
+from spinecloud_shared.dicom_seg_read import SEG_MANUFACTURER, SEG_MODEL_NAME, read_dicom_seg
 from spinecloud_shared.dicom_series import (
     array_to_frames,
     dicom_plane_geometry,
@@ -60,8 +60,6 @@ __all__ = [
 
 #: SeriesNumber of the SEG series (clear of the scanner's usual 1-999 numbering).
 SEG_SERIES_NUMBER = 9001
-MANUFACTURER = "SpineCloud"
-MANUFACTURER_MODEL_NAME = "spinecloud-inference"
 
 
 def _software_version() -> str:
@@ -154,7 +152,7 @@ def _segment_description(
             name=model.name,
             family=codes.cid7162.ArtificialIntelligence,
             version=model.version,
-            source=MANUFACTURER,
+            source=SEG_MANUFACTURER,
         ),
         tracking_id=vertebra.name,
         tracking_uid=derive_uid(uids.sop_instance_uid, "segment", vertebra.name),
@@ -224,8 +222,8 @@ def build_dicom_seg(
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=uids.sop_instance_uid,
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        manufacturer=SEG_MANUFACTURER,
+        manufacturer_model_name=SEG_MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         device_serial_number=DEVICE_SERIAL_NUMBER,
         series_description=f"SpineCloud vertebrae ({ref.ref})"[:64],

@@ -44,7 +44,7 @@ from spinecloud_shared.models.manifest import Backend, ModelState
 from spinecloud_shared.orthanc.client import OrthancClient
 from spinecloud_shared.settings import Settings, get_settings
 from spinecloud_training.corrections import (
-    AI_MANUFACTURER,
+    SEG_MANUFACTURER,
     Correction,
     find_seg_candidates,
     select_corrections,
@@ -112,7 +112,7 @@ def correction_studies(client: OrthancClient) -> set[str]:
     parents = {
         str(series["ParentStudy"])
         for series in response.json()
-        if str(series.get("MainDicomTags", {}).get("Manufacturer", "")).strip() != AI_MANUFACTURER
+        if str(series.get("MainDicomTags", {}).get("Manufacturer", "")).strip() != SEG_MANUFACTURER
     }
     studies = set()
     for parent in sorted(parents):

@@ -60,7 +60,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from spinecloud_shared import labels
-from spinecloud_shared.dicom_seg_read import read_dicom_seg
+from spinecloud_shared.dicom_seg_read import SEG_MANUFACTURER, SEG_MODEL_NAME, read_dicom_seg
 from spinecloud_shared.dicom_series import read_dicom_series
 from spinecloud_shared.errors import (
     DicomInputError,
@@ -74,8 +74,6 @@ from spinecloud_shared.orthanc.client import OrthancClient
 from spinecloud_shared.volume import Volume
 
 __all__ = [
-    "AI_MANUFACTURER",
-    "AI_MODEL_NAME",
     "Correction",
     "CorrectionCase",
     "CorrectionDataset",
@@ -93,9 +91,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Device identity of SpineCloud's AI SEGs (``spinecloud_inference.dicom_seg``).
-AI_MANUFACTURER = "SpineCloud"
-AI_MODEL_NAME = "spinecloud-inference"
 MANIFEST_FILE = "corrections.json"
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -144,8 +139,8 @@ class IgnoredSeg:
 def is_spinecloud_output(candidate: SegCandidate) -> bool:
     """True for SEGs written by SpineCloud's inference worker (its device identity)."""
     return (
-        candidate.manufacturer.strip() == AI_MANUFACTURER
-        and candidate.manufacturer_model_name.strip() == AI_MODEL_NAME
+        candidate.manufacturer.strip() == SEG_MANUFACTURER
+        and candidate.manufacturer_model_name.strip() == SEG_MODEL_NAME
     )
 
 
@@ -367,7 +362,7 @@ class CorrectionDataset:
             "layout": "totalsegmentator",
             "selection_rule": (
                 "SEG referencing one CT series, not written by Manufacturer "
-                f"{AI_MANUFACTURER!r} / model {AI_MODEL_NAME!r}; newest content date/time "
+                f"{SEG_MANUFACTURER!r} / model {SEG_MODEL_NAME!r}; newest content date/time "
                 "per CT series wins"
             ),
             "split": {"seed": self.seed, "val_fraction": self.val_fraction},

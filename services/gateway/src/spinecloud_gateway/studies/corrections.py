@@ -13,19 +13,16 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from spinecloud_gateway.studies.orthanc import SeriesInfo, StudyInfo
+from spinecloud_shared.dicom_seg_read import SEG_MANUFACTURER
 from spinecloud_shared.queue import enqueue_after_commit
 from spinecloud_shared.task_names import CHECK_CORRECTIONS
 
-__all__ = ["AI_MANUFACTURER", "holds_foreign_seg", "request_correction_check"]
-
-#: Manufacturer of SpineCloud's own SEGs (``spinecloud_inference.dicom_seg``; a test keeps the
-#: copies in step, since the gateway imports no service).
-AI_MANUFACTURER = "SpineCloud"
+__all__ = ["holds_foreign_seg", "request_correction_check"]
 
 
 def _foreign_seg(series: SeriesInfo) -> bool:
     return (series.modality or "").upper() == "SEG" and (
-        (series.manufacturer or "").strip() != AI_MANUFACTURER
+        (series.manufacturer or "").strip() != SEG_MANUFACTURER
     )
 
 
