@@ -317,6 +317,21 @@ def test_largest_component_kept_and_fragments_removed() -> None:
     assert array[30, 30, 30] == 21  # the input was not modified
 
 
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "PIR", "SAL"])
+def test_equal_pieces_resolve_to_the_same_place_in_every_orientation(codes: str) -> None:
+    # Two pieces of L1 with the same voxel count: the superior one (larger k, +z) is kept,
+    # whichever order the array's axes run in. The first one in scan order is the inferior.
+    grid = _grid()
+    array = grid.array.copy()
+    array[5:10, 5:10, 5:10] = 20
+    array[20:25, 20:25, 40:45] = 20
+    ras = grid.with_array(array)
+    cleaned = clean_labels(ras.reoriented(codes)).labels.reoriented("RAS").array
+    assert np.count_nonzero(cleaned == 20) == 125
+    assert np.all(cleaned[20:25, 20:25, 40:45] == 20)
+    assert not np.any(cleaned[5:10, 5:10, 5:10])
+
+
 def _levels(grid: Volume, boxes: dict[int, tuple[int, int]]) -> Volume:
     """Slabs of label along z (k), each a cube across (10..30, 10..30)."""
     array = grid.array.copy()

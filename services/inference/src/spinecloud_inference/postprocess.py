@@ -3,8 +3,10 @@
 For every class present, the voxels are split into connected components with 26-connectivity
 (voxels touching by a face, an edge or a corner belong together: a thin oblique process
 sampled on an anisotropic grid often touches its neighbours only by edges or corners, and a
-vertebra is one bone). The largest component is kept and the others become background; then
-a class whose kept component is smaller than ``min_fragment_ml`` is removed altogether (a
+vertebra is one bone). The largest component is kept and the others become background (among
+pieces of equal size, the most superior one, then the most anterior, then the rightmost: a
+choice made in the patient, so the result does not depend on the order of the array's axes);
+then a class whose kept component is smaller than ``min_fragment_ml`` is removed altogether (a
 spurious detection, not a vertebra). Components are found inside each class's bounding box,
 so the cost follows the size of the spine, not of the scan.
 
@@ -72,19 +74,45 @@ def _touches_border(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
     return any(s.start == 0 or s.stop == n for s, n in zip(box, shape, strict=True))
 
 
+def _largest(
+    components: npt.NDArray[np.int32],
+    sizes: npt.NDArray[np.intp],
+    box: tuple[slice, ...],
+    affine_ras: npt.NDArray[np.float64],
+) -> int:
+    """The id of the largest component; ties go to the most superior, anterior, right one.
+
+    Centroids are rounded to 1 µm so that the same piece seen through differently ordered
+    axes compares equal.
+    """
+    tied = np.flatnonzero(sizes == sizes.max()) + 1
+    if len(tied) == 1:
+        return int(tied[0])
+    centres = np.asarray(ndimage.center_of_mass(components > 0, components, tied), dtype=float)
+    offset = np.array([s.start for s in box], dtype=float)
+    world = (affine_ras[:3, :3] @ (centres + offset).T).T + affine_ras[:3, 3]
+    key = np.round(world, 3)
+    order = np.lexsort((-key[:, 0], -key[:, 1], -key[:, 2]))
+    return int(tied[order[0]])
+
+
 def _clean_class(
     array: npt.NDArray[np.uint8],
     label: int,
     box: tuple[slice, ...],
-    voxel_ml: float,
+    grid: Volume,
     min_fragment_ml: float,
 ) -> ClassComponents:
-    """Keep the largest component of ``label`` inside ``box`` (in place); report the sizes."""
+    """Keep the largest component of ``label`` inside ``box`` (in place); report the sizes.
+
+    ``grid`` gives the voxel size and the affine (for ties); its array is not read.
+    """
+    voxel_ml = voxel_volume_ml(grid)
     view = array[box]
     mask = view == label
     components, count = ndimage.label(mask, structure=_CONNECTIVITY_26)
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-    keep = int(np.argmax(sizes)) + 1
+    keep = _largest(components, sizes, box, grid.affine_ras)
     kept_ml = float(sizes[keep - 1]) * voxel_ml
     if kept_ml < min_fragment_ml:
         view[mask] = 0
@@ -110,7 +138,6 @@ def clean_labels(
     """
     checked, outer = canonical_in_box(label_map.array)
     array = checked.copy() if checked is label_map.array else checked
-    voxel_ml = voxel_volume_ml(label_map)
     report: dict[int, ClassComponents] = {}
     if outer is None:
         return CleanedLabels(label_map.with_array(array), report)
@@ -123,5 +150,5 @@ def clean_labels(
                 for o, i in zip(outer, inner, strict=True)
             )
             label = index + 1
-            report[label] = _clean_class(array, label, box, voxel_ml, min_fragment_ml)
+            report[label] = _clean_class(array, label, box, label_map, min_fragment_ml)
     return CleanedLabels(label_map.with_array(array), report)
