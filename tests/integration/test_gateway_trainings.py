@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 
 from spinecloud_gateway.auth.principal import Principal
 from spinecloud_gateway.auth.service import ensure_project
@@ -96,6 +99,59 @@ def test_start_enqueues_on_the_training_queue_once(
             select(AuditEvent.action).where(AuditEvent.resource_id == job["id"])
         ).all()
     assert actions == ["training.start", "training.start"]
+
+
+def test_a_request_racing_an_identical_one_gets_that_job(
+    client: TestClient, tokens: dict[str, str], redis_url: str, gateway_db: str
+) -> None:
+    # The other request's row is inserted, not yet committed: the gateway does not see it,
+    # its own insert waits on the unique model version, fails when the other commits, and
+    # it answers with the other's job instead of creating a second one.
+    body = _body("1.5.0")
+    with session_scope(gateway_db) as other:
+        project = ensure_project(other, f"{PROJECT}-a")
+        first = TrainingJob(
+            backend=body["backend"],
+            preset=body["preset"],
+            dataset=body["dataset"],
+            model_name=body["model_name"],
+            model_version=body["model_version"],
+            params=body["params"],
+            project_id=project.id,
+        )
+        other.add(first)
+        other.flush()
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                client.post, "/api/v1/trainings", json=body, headers=bearer(tokens["a"])
+            )
+            deadline = time.monotonic() + 30
+            while not _waiting_on_a_lock(gateway_db):
+                assert time.monotonic() < deadline and not answer.done(), "no insert waited"
+                time.sleep(0.05)
+            first_id = first.id
+            other.commit()
+            response = answer.result(timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == first_id
+    with session_scope(gateway_db) as session:
+        rows = session.scalars(
+            select(TrainingJob.id).where(TrainingJob.model_version == "1.5.0")
+        ).all()
+    assert rows == [first_id]
+    assert all(m["kwargs"]["job_id"] != first_id for m in queued(redis_url, TRAINING_QUEUE))
+
+
+def _waiting_on_a_lock(database_url: str) -> bool:
+    """Whether a session of this database waits for a lock (the gateway's blocked insert)."""
+    with session_scope(database_url) as session:
+        waiting = session.execute(
+            sql_text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
 
 
 def test_progress_list_and_project_scope(

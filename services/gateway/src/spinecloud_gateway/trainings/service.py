@@ -12,7 +12,10 @@ registry) is a conflict.
 
 from __future__ import annotations
 
+from functools import partial
+
 from celery import Celery
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from spinecloud_gateway.auth.principal import Principal
@@ -37,6 +40,19 @@ def _same_request(job: TrainingJob, body: TrainingCreate, project_id: str | None
     )
 
 
+def _existing(
+    existing: TrainingJob, principal: Principal, body: TrainingCreate, project_id: str | None
+) -> TrainingJob:
+    """``existing`` when it is this same request, seen by the caller; a conflict otherwise."""
+    if principal.sees_project(existing.project_id) and _same_request(existing, body, project_id):
+        return existing
+    raise ConflictError(
+        f"Model version {body.model_name}@{body.model_version} is already being trained or "
+        "was trained; give another model_version.",
+        model=f"{body.model_name}@{body.model_version}",
+    )
+
+
 def start(
     session: Session,
     settings: GatewaySettings,
@@ -44,37 +60,41 @@ def start(
     body: TrainingCreate,
     celery: Celery,
 ) -> tuple[TrainingJob, bool]:
-    """A queued job for ``body`` (enqueued once the session commits), or the existing one."""
+    """A queued job for ``body`` (enqueued once the session commits), or the existing one.
+
+    The insert runs in a savepoint: when an identical request created the job a moment
+    earlier, the unique model version makes this insert fail and that job is returned.
+    """
     project_id = target_project(session, principal, body.project_id, settings)
-    ref = f"{body.model_name}@{body.model_version}"
-    existing = repository.by_model_version(session, body.model_name, body.model_version)
+    find = partial(repository.by_model_version, session, body.model_name, body.model_version)
+    existing = find()
     if existing is not None:
-        if principal.sees_project(existing.project_id) and _same_request(
-            existing, body, project_id
-        ):
-            return existing, False
-        raise ConflictError(
-            f"Model version {ref} is already being trained or was trained; give another "
-            "model_version.",
-            model=ref,
-        )
+        return _existing(existing, principal, body, project_id), False
+    ref = f"{body.model_name}@{body.model_version}"
     if repository.model_version_registered(session, body.model_name, body.model_version):
         raise ConflictError(f"Model version {ref} is already registered.", model=ref)
     dataset = body.dataset
     if dataset.startswith("/"):  # a folder: only inside the site's storage (see datasets)
         dataset = str(site_path(dataset, site_roots(settings), "dataset folder"))
-    job = training_jobs.create_training_job(
-        session,
-        backend=body.backend,
-        dataset=dataset,
-        model_name=body.model_name,
-        model_version=body.model_version,
-        preset=body.preset,
-        params=body.params,
-        created_by=actor(principal),
-        project_id=project_id,
-        celery=celery,
-    )
+    try:
+        with session.begin_nested():
+            job = training_jobs.create_training_job(
+                session,
+                backend=body.backend,
+                dataset=dataset,
+                model_name=body.model_name,
+                model_version=body.model_version,
+                preset=body.preset,
+                params=body.params,
+                created_by=actor(principal),
+                project_id=project_id,
+                celery=celery,
+            )
+    except IntegrityError:
+        existing = find()
+        if existing is None:
+            raise
+        return _existing(existing, principal, body, project_id), False
     return job, True
 
 

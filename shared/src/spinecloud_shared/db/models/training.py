@@ -48,6 +48,11 @@ class TrainingJob(UUIDPrimaryKeyMixin, TimestampMixin, JobMixin, Base):
     """Train one model version on one dataset; progress and result for the gateway to show."""
 
     __tablename__ = "training_jobs"
+    #: One job per model version it produces: two identical requests at the same moment
+    #: cannot both create a job (the second finds the first; ``spinecloud_gateway.trainings``).
+    __table_args__ = (
+        Index("uq_training_jobs_model_version", "model_name", "model_version", unique=True),
+    )
 
     #: ``segresnet`` or ``nnunet``.
     backend: Mapped[str] = mapped_column(String(32))
