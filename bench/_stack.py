@@ -48,6 +48,7 @@ from spinecloud_gateway.stack import (  # noqa: E402
     wait_http,
     worker_command,
 )
+from spinecloud_shared.cli.worker import node_name  # noqa: E402
 from spinecloud_shared.db.migrate import upgrade  # noqa: E402
 from spinecloud_shared.db.models import Role  # noqa: E402
 from spinecloud_shared.orthanc.local import LocalOrthanc, free_port  # noqa: E402
@@ -326,7 +327,8 @@ def inference_worker(
     command = worker_command([INFERENCE_QUEUE], concurrency)
     process = launch("worker", command, env=env, log_path=workdir / "worker.log")
     client = create_celery_app(Settings(redis_url=redis_url))
-    worker = CeleryWorker(process.popen, f"celery@{socket.gethostname()}", process.log_path, client)
+    node = node_name([INFERENCE_QUEUE]).replace("%h", socket.gethostname())
+    worker = CeleryWorker(process.popen, node, process.log_path, client)
     try:
         worker.wait_ready(timeout_s=300)
         yield worker

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from socket import gethostname
 
 import pytest
 from celery import Celery
@@ -43,7 +44,8 @@ def test_worker_command_migrates_and_processes_a_job(
     )  # fmt: skip
     try:
         # The worker migrated the empty SQLite database before consuming: rows can be written.
-        wait_for(lambda: celery_client.control.ping(timeout=0.5), timeout_s=60)
+        replies = wait_for(lambda: celery_client.control.ping(timeout=0.5), timeout_s=60)
+        assert [next(iter(reply)) for reply in replies] == [f"{METRICS_QUEUE}@{gethostname()}"]
         with session_scope(database_url) as session:
             evaluation = Evaluation(name="worker cli", pred_dir="/p", ref_dir="/r")
             session.add(evaluation)

@@ -8,6 +8,18 @@ import typer
 
 from spinecloud_shared.task_names import QUEUES
 
+__all__ = ["node_name", "worker"]
+
+
+def node_name(queues: list[str] | tuple[str, ...], name: str | None = None) -> str:
+    """The Celery node name of a worker: ``name``, or its queues joined by ``-`` at the host.
+
+    Celery expands ``%h`` to the host name. Workers on one host need distinct names (one per
+    queue as ``spinecloud stack up`` starts them, one per GPU on a training node), or Celery
+    warns of duplicate nodes and remote control answers cannot be told apart.
+    """
+    return name or f"{'-'.join(queues)}@%h"
+
 
 def worker(
     queue: Annotated[
@@ -15,6 +27,15 @@ def worker(
     ],
     concurrency: Annotated[int, typer.Option(min=1, help="Processes (one per GPU)")] = 1,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            help="Celery node name, unique per host (%h: host name); default QUEUES@%h, "
+            "e.g. training-gpu1@%h for a second training worker on one node",
+        ),
+    ] = None,
 ) -> None:
     """Consume jobs from the given queues until stopped (acks late, one job at a time)."""
     unknown = sorted(set(queue) - set(QUEUES))
@@ -26,5 +47,5 @@ def worker(
     upgrade()
     celery_app.worker_main(
         ["worker", "-Q", ",".join(queue), "--concurrency", str(concurrency),
-         "--loglevel", loglevel, "--prefetch-multiplier", "1"]
+         "--loglevel", loglevel, "--prefetch-multiplier", "1", "-n", node_name(queue, name)]
     )  # fmt: skip
