@@ -190,7 +190,11 @@ def stack_up(
         stable_age_s=stable_age,
         timeout_s=timeout,
     )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stack down: like Ctrl-C
+    # Ctrl-C stops the stack even when this process inherited SIGINT as ignored (started as
+    # a background job of a shell without job control, which then ignores it for its
+    # children); `stack down` sends SIGTERM, handled the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed: str | None = None
     try:
         with run_stack(
