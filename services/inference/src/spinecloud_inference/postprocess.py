@@ -75,6 +75,7 @@ def _touches_border(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
 
 
 def _largest(
+    mask: npt.NDArray[np.bool_],
     components: npt.NDArray[np.int32],
     sizes: npt.NDArray[np.intp],
     box: tuple[slice, ...],
@@ -88,7 +89,7 @@ def _largest(
     tied = np.flatnonzero(sizes == sizes.max()) + 1
     if len(tied) == 1:
         return int(tied[0])
-    centres = np.asarray(ndimage.center_of_mass(components > 0, components, tied), dtype=float)
+    centres = np.asarray(ndimage.center_of_mass(mask, components, tied), dtype=float)
     offset = np.array([s.start for s in box], dtype=float)
     world = (affine_ras[:3, :3] @ (centres + offset).T).T + affine_ras[:3, 3]
     key = np.round(world, 3)
@@ -112,7 +113,7 @@ def _clean_class(
     mask = view == label
     components, count = ndimage.label(mask, structure=_CONNECTIVITY_26)
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-    keep = _largest(components, sizes, box, grid.affine_ras)
+    keep = _largest(mask, components, sizes, box, grid.affine_ras)
     kept_ml = float(sizes[keep - 1]) * voxel_ml
     if kept_ml < min_fragment_ml:
         view[mask] = 0
