@@ -137,6 +137,30 @@ def test_concurrent_upgrades_from_three_processes(postgres_databases: PostgresDa
     _assert_schema_matches_models(url)
 
 
+def test_training_job_uniqueness_migration_names_existing_duplicates(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    # A database from before r0006 may hold two jobs for one version: the upgrade stops and
+    # names them instead of choosing one; once the extra row is gone it completes.
+    url = postgres_databases.create()
+    upgrade(url, "r0005")
+    insert = text(
+        "INSERT INTO training_jobs (id, backend, preset, dataset, model_name, model_version, "
+        "params, progress, result, cancel_requested, attempts, status, created_at, updated_at) "
+        "VALUES (:id, 'segresnet', 'demo', 'phantoms', 'spine', '1.0.0', '{}', '{}', '{}', "
+        "false, 0, 'queued', now(), now())"
+    )
+    with get_engine(url).begin() as connection:
+        for job_id in ("job-1", "job-2"):
+            connection.execute(insert, {"id": job_id})
+    with pytest.raises(RuntimeError, match=r"spine@1\.0\.0 \(2 jobs\)"):
+        upgrade(url)
+    with get_engine(url).begin() as connection:
+        connection.execute(text("DELETE FROM training_jobs WHERE id = 'job-2'"))
+    upgrade(url)
+    _assert_schema_matches_models(url)
+
+
 def test_round_trip_on_postgresql(db_session: Session) -> None:
     _round_trip(db_session)
 

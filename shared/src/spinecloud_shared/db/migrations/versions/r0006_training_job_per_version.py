@@ -26,7 +26,8 @@ INDEX = "uq_training_jobs_model_version"
 
 
 def upgrade() -> None:
-    """Refuse existing duplicates with their ids, then create the unique index."""
+    """Refuse existing duplicates, naming each model version and its job count, then create
+    the unique index."""
     duplicates = op.get_bind().execute(
         sa.text(
             "SELECT model_name, model_version, COUNT(*) FROM training_jobs "
